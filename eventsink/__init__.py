@@ -1,0 +1,49 @@
+"""eventsink: get events from where they happen to where they are analysed, without losing one."""
+
+from .client import Client
+from .config import Option, Secret
+from .event import Event
+from .exceptions import (
+    ClosedError,
+    ConfigError,
+    DeliveryError,
+    EventError,
+    EventsinkError,
+    OverflowDropped,
+    PermanentError,
+    RejectedError,
+    RetryableError,
+    SinkPausedError,
+    UnknownPluginError,
+)
+from .hookspecs import hookimpl, hookspec
+from .outbox import MemoryOutbox, Outbox
+from .pipeline import Pipeline
+from .sink import Sink
+from .sqlite_outbox import SQLiteOutbox
+
+__all__ = [
+    "Client",
+    "ClosedError",
+    "ConfigError",
+    "DeliveryError",
+    "Event",
+    "EventError",
+    "EventsinkError",
+    "MemoryOutbox",
+    "Option",
+    "Outbox",
+    "OverflowDropped",
+    "PermanentError",
+    "Pipeline",
+    "RejectedError",
+    "RetryableError",
+    "SQLiteOutbox",
+    "Secret",
+    "Sink",
+    "SinkPausedError",
+    "UnknownPluginError",
+    "hookimpl",
+    "hookspec",
+]
+__version__ = "0.1.0"

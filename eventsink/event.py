@@ -1,0 +1,208 @@
+"""The event envelope and the rule that makes any event's data JSON-safe.
+
+An :class:`Event` is what flows through the pipeline: an ``id`` (a ULID, so ids sort by
+creation), the ``instance`` that produced it, the ``created`` time (UTC ISO-8601 with
+milliseconds), the destination ``table`` and the ``data``, a dict that JSON can hold.
+
+:func:`normalise` is applied to every event's data when it is written. The conversion rule:
+
+============================  ======================================================
+value                         becomes
+============================  ======================================================
+str, int, bool, None          itself
+float                         itself; NaN and infinities are rejected
+dict (str keys)               a dict, each value converted by this rule
+list, tuple                   a list
+set, frozenset                a sorted list (insertion order if it cannot be sorted)
+datetime, date, time          ``value.isoformat()`` (the timezone is kept as given)
+Decimal                       ``str(value)`` (no precision is lost)
+UUID                          ``str(value)``
+bytes, bytearray, memoryview  standard base64 text
+Enum                          its ``value``, converted by this rule
+============================  ======================================================
+
+Anything else raises :class:`~eventsink.exceptions.EventError` naming the field, at ``write()``
+time, so a bad event never reaches the worker. The keys ``id``, ``instance`` and ``created`` are
+reserved for the envelope and are an error in ``data``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from .exceptions import EventError
+
+RESERVED_KEYS = frozenset({"id", "instance", "created"})
+_PLAIN = (str, int, bool, type(None))
+
+
+class Event:
+    """One event: envelope fields plus a JSON-safe ``data`` dict.
+
+    ``data`` is decoded lazily when the event was loaded from a durable outbox, so a sink
+    that only needs JSON (:meth:`data_json`) never pays for parsing it.
+    """
+
+    __slots__ = ("_data", "_data_json", "created", "id", "instance", "table")
+
+    def __init__(
+        self,
+        id: str,
+        table: str,
+        instance: str,
+        created: str,
+        data: dict[str, Any] | None = None,
+        *,
+        data_json: bytes | None = None,
+    ) -> None:
+        self.id = id
+        self.table = table
+        self.instance = instance
+        self.created = created
+        self._data = data
+        self._data_json = data_json
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The event's own fields, JSON-safe."""
+        if self._data is None:
+            self._data = orjson.loads(self._data_json) if self._data_json else {}
+        return self._data
+
+    def data_json(self) -> bytes:
+        """``data`` serialised as compact JSON (computed once)."""
+        if self._data_json is None:
+            self._data_json = orjson.dumps(self._data or {})
+        return self._data_json
+
+    def row(self) -> dict[str, Any]:
+        """The flat row a table-shaped sink stores: ``id``, ``instance``, ``created``, data."""
+        return {"id": self.id, "instance": self.instance, "created": self.created, **self.data}
+
+    def row_json(self) -> bytes:
+        """:meth:`row` as JSON, spliced from the cached data JSON instead of re-serialised."""
+        head = orjson.dumps({"id": self.id, "instance": self.instance, "created": self.created})
+        body = self.data_json()
+        if body == b"{}":
+            return head
+        return head[:-1] + b"," + body[1:]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole envelope as a dict: ``id``, ``table``, ``instance``, ``created``, ``data``."""
+        return {
+            "id": self.id,
+            "table": self.table,
+            "instance": self.instance,
+            "created": self.created,
+            "data": self.data,
+        }
+
+    def to_json(self) -> bytes:
+        """:meth:`to_dict` as one compact JSON document (one line of a JSONL file)."""
+        head = orjson.dumps(
+            {"id": self.id, "table": self.table, "instance": self.instance, "created": self.created}
+        )
+        return head[:-1] + b',"data":' + self.data_json() + b"}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        return f"Event(id={self.id!r}, table={self.table!r}, instance={self.instance!r})"
+
+
+def normalise(data: Any) -> dict[str, Any]:
+    """Return a JSON-safe copy of ``data`` (see the module docstring for the rule).
+
+    Raises :class:`EventError` naming the field for a value the rule cannot convert, for a
+    reserved key, or when ``data`` is not a dict.
+    """
+    if not isinstance(data, dict):
+        raise EventError(f"event data must be a dict, not {type(data).__name__}", field="")
+    # Fast path: a flat dict of plain values, by far the common case, is copied as is.
+    for key, value in data.items():
+        if type(key) is not str or key in RESERVED_KEYS:
+            break
+        kind = type(value)
+        if kind in _PLAIN or (kind is float and math.isfinite(value)):
+            continue
+        break
+    else:
+        return dict(data)
+    for key in data:
+        if key in RESERVED_KEYS:
+            raise EventError(
+                f"{key!r} is reserved for the event envelope and cannot be a data key; "
+                f"rename it (the reserved keys are {', '.join(sorted(RESERVED_KEYS))})",
+                field=key,
+            )
+    return _convert_dict(data, "")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _convert_dict(value: dict[Any, Any], path: str) -> dict[str, Any]:
+    converted = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise EventError(
+                f"field {_join(path, repr(key))!s}: keys must be strings, not {type(key).__name__}",
+                field=_join(path, str(key)),
+            )
+        converted[key] = _convert(item, _join(path, key))
+    return converted
+
+
+def _convert(value: Any, path: str) -> Any:
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise EventError(f"field {path!r}: {value!r} cannot be stored in JSON", field=path)
+        return value
+    if isinstance(value, enum.Enum):
+        return _convert(value.value, path)
+    if isinstance(value, (str, int)):  # subclasses of plain types, e.g. IntFlag handled above
+        return value
+    if isinstance(value, float):
+        return _convert(float(value), path)
+    if isinstance(value, dict):
+        return _convert_dict(value, path)
+    if isinstance(value, (list, tuple)):
+        return [_convert(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        items = [_convert(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise EventError(f"field {path!r}: {value!r} cannot be stored in JSON", field=path)
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    raise EventError(
+        f"field {path!r}: a {kind.__name__} cannot be stored in an event; convert it to a "
+        "str, number, bool, None, list or dict first",
+        field=path,
+    )

@@ -1,0 +1,349 @@
+"""One sink's delivery loop: wait for a batch, lease it, pace it, send it, settle it.
+
+A lane wakes when its sink has ``batch_limit`` events pending, when the oldest pending event
+has waited ``flush_interval`` seconds, or when a flush is requested. It then leases a batch from
+the outbox, waits for the rate limiter, and calls the sink. The outcome decides what happens:
+
+* confirmed: the batch is acked (removed from the outbox);
+* ``RetryableError`` or an unexpected exception: back off with full jitter (the receiver's
+  ``retry_after`` as a floor) and send the same batch again, until it succeeds or
+  ``max_attempts``/``max_age`` moves it to the dead-letter store;
+* ``SinkPausedError``: the sink is paused: retried every ``pause_interval`` seconds;
+* ``RejectedError``: split the batch in halves until the rejected events are isolated; those
+  are dead-lettered, the rest delivered;
+* ``PermanentError``: dead-letter the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import DeliverySettings
+from .exceptions import (
+    ConfigError,
+    DeliveryError,
+    PermanentError,
+    RejectedError,
+    SinkPausedError,
+)
+from .outbox import Failure, Leased, Outbox
+from .pacing import LogThrottle, TokenBucket, backoff_delay
+from .plugins import await_me_maybe
+from .sink import Sink, call_maybe_sync
+
+logger = logging.getLogger("eventsink")
+
+
+@dataclass
+class LaneStats:
+    """Counters and last outcomes of one lane, for status pages."""
+
+    delivered: int = 0
+    batches: int = 0
+    failed_attempts: int = 0
+    dead_lettered: int = 0
+    in_flight: int = 0
+    last_success: float | None = None
+    last_error: dict[str, Any] | None = None
+    paused: str | None = None
+    _recent: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
+
+    def record_delivery(self, count: int) -> None:
+        now = time.time()
+        self.delivered += count
+        self.batches += 1
+        self.last_success = now
+        self._recent.append((now, count))
+        while self._recent and self._recent[0][0] < now - 60:
+            self._recent.popleft()
+
+    def rate(self) -> float:
+        """Events delivered per second over the last minute."""
+        now = time.time()
+        recent = [count for moment, count in self._recent if moment >= now - 60]
+        return sum(recent) / 60.0
+
+
+class Lane:
+    """Deliver one sink's events from the outbox."""
+
+    def __init__(
+        self,
+        name: str,
+        sink: Sink,
+        settings: DeliverySettings,
+        outbox: Outbox,
+        *,
+        hooks: Any,
+        settle: Callable[[int], None],
+        poll_interval: float | None = None,
+    ) -> None:
+        self.name = name
+        self.sink = sink
+        self.settings = settings
+        self.outbox = outbox
+        self.hooks = hooks
+        self._settle = settle
+        self.poll_interval = poll_interval
+        self.limiter = TokenBucket(settings.max_rate, settings.time_period)
+        self.stats = LaneStats()
+        self.pending = 0
+        self.settled = 0
+        self._first_pending_at: float | None = None
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._flushing = 0
+        self._log = LogThrottle(60.0)
+        self.opened = False
+
+    # -- signals from the pipeline ---------------------------------------------------------
+
+    def notify(self, count: int) -> None:
+        """``count`` events were appended for this sink."""
+        was_idle = self.pending == 0
+        if was_idle:
+            self._first_pending_at = time.monotonic()
+        self.pending += count
+        if was_idle or self.pending >= self.settings.batch_limit:
+            self._ready.set()  # the lane recomputes how long it may still wait
+
+    def start_flush(self) -> None:
+        """Send partial batches without waiting, until :meth:`end_flush`."""
+        self._flushing += 1
+        self._ready.set()
+
+    def end_flush(self) -> None:
+        self._flushing -= 1
+
+    def stop(self) -> None:
+        """Finish the current attempt, then return from :meth:`run`."""
+        self._stop.set()
+        self._ready.set()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def open_sink(self) -> None:
+        """Open the sink. A ``ConfigError`` propagates: the configuration cannot work."""
+        try:
+            await call_maybe_sync(self.sink.open)
+        except ConfigError:
+            raise
+        except PermanentError as error:
+            raise ConfigError(f"sink {self.name!r}: {error}", key=self.name) from None
+        self.opened = True
+
+    async def run(self) -> None:
+        """Deliver until stopped."""
+        while not self._stop.is_set():
+            await self._wait_for_batch()
+            if self._stop.is_set():
+                break
+            leased = await self.outbox.lease(self.name, self.settings.batch_limit)
+            if leased is None:
+                self.pending = 0
+                self._first_pending_at = None
+                continue
+            self.pending = max(0, self.pending - len(leased.events))
+            if self.pending == 0:
+                self._first_pending_at = None
+            await self.deliver(leased)
+
+    async def _wait_for_batch(self) -> None:
+        """Return when a batch should be leased: full, old enough, flushing, or polling."""
+        settings = self.settings
+        while not self._stop.is_set():
+            if self.pending >= settings.batch_limit or (self._flushing and self.pending):
+                return
+            timeout: float | None
+            if self.pending and self._first_pending_at is not None:
+                waited = time.monotonic() - self._first_pending_at
+                timeout = settings.flush_interval - waited
+                if timeout <= 0:
+                    return
+            else:
+                timeout = self.poll_interval
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                if self.pending:
+                    return
+                # Nothing known to be pending: poll the shared outbox for work left by
+                # replays or other processes.
+                self.pending = 1
+                self._first_pending_at = None
+                return
+
+    async def _sleep_unless_stopped(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; return True if the lane was stopped meanwhile."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), delay)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def deliver(self, leased: Leased) -> None:
+        """Deliver one leased batch, retrying and splitting as its failures require."""
+        batch = leased.events
+        self.stats.in_flight += len(batch)
+        try:
+            await self._deliver(leased)
+        finally:
+            self.stats.in_flight -= len(batch)
+
+    async def _deliver(self, leased: Leased) -> None:
+        while True:
+            await self.limiter.acquire()
+            batch = leased.events
+            for result in self.hooks.eventsink_before_send(sink=self.name, batch=batch):
+                await await_me_maybe(result)
+            try:
+                if not self.opened:
+                    await self.open_sink()
+                await call_maybe_sync(self.sink.send, batch)
+            except asyncio.CancelledError:
+                raise
+            except RejectedError as error:
+                if len(batch) > 1:
+                    first, second = leased.split()
+                    await self._deliver(first)
+                    await self._deliver(second)
+                    return
+                await self._dead_letter(leased, error)
+                return
+            except (PermanentError, ConfigError) as error:
+                await self._dead_letter(leased, error)
+                return
+            except Exception as error:
+                if await self._retry_later(leased, error):
+                    return
+                continue
+            await self.outbox.ack(self.name, leased)
+            self.stats.record_delivery(len(batch))
+            self.stats.paused = None
+            self._finish(len(batch))
+            for result in self.hooks.eventsink_batch_sent(sink=self.name, batch=batch):
+                await await_me_maybe(result)
+            return
+
+    def _finish(self, count: int) -> None:
+        self.settled += count
+        self._settle(count)
+
+    def _failure(self, leased: Leased, error: BaseException) -> Failure:
+        now = time.time()
+        status = getattr(error, "status", None)
+        message = str(error) if str(error) else type(error).__name__
+        return Failure(
+            message=message,
+            status=status,
+            attempts=leased.attempts,
+            first_failure=leased.first_failure or now,
+            last_failure=now,
+        )
+
+    async def _retry_later(self, leased: Leased, error: Exception) -> bool:
+        """Back off after a failed attempt; return True when the lane stopped meanwhile."""
+        settings = self.settings
+        leased.attempts += 1
+        if leased.first_failure is None:
+            leased.first_failure = time.time()
+        failure = self._failure(leased, error)
+        self.stats.failed_attempts += 1
+        self.stats.last_error = {
+            "status": failure.status,
+            "message": failure.message,
+            "time": failure.last_failure,
+        }
+        age = failure.last_failure - failure.first_failure
+        if (settings.max_attempts is not None and leased.attempts >= settings.max_attempts) or (
+            settings.max_age is not None and age >= settings.max_age
+        ):
+            await self._dead_letter(leased, error, failure)
+            return False
+        paused = isinstance(error, SinkPausedError)
+        retry_after = getattr(error, "retry_after", None)
+        if paused:
+            delay = max(settings.pause_interval, retry_after or 0)
+            self.stats.paused = failure.message
+            logger.error(
+                "eventsink sink %r (%s) is paused: %s. %d event(s) kept; retrying in %.0fs",
+                self.name,
+                self.sink.describe(),
+                failure.message,
+                len(leased.events),
+                delay,
+            )
+        else:
+            delay = backoff_delay(
+                leased.attempts, settings.retry_initial, settings.retry_max, retry_after
+            )
+            self._log_retry(error, failure, delay)
+        for result in self.hooks.eventsink_send_error(
+            sink=self.name, batch=leased.events, error=error, final=False
+        ):
+            await await_me_maybe(result)
+        await self.outbox.record_failure(self.name, leased, failure)
+        if await self._sleep_unless_stopped(delay):
+            await self.outbox.release(self.name, leased)
+            return True
+        return False
+
+    def _log_retry(self, error: Exception, failure: Failure, delay: float) -> None:
+        suppressed = self._log.allow("retry")
+        if suppressed is None:
+            return
+        more = f" ({suppressed} more failed attempts since the last message)" if suppressed else ""
+        if isinstance(error, DeliveryError):
+            logger.warning(
+                "eventsink sink %r (%s) failed, attempt %d: %s; retrying in %.1fs%s",
+                self.name,
+                self.sink.describe(),
+                failure.attempts,
+                failure.message,
+                delay,
+                more,
+            )
+        else:
+            logger.error(
+                "eventsink sink %r raised an unexpected error (a bug in the sink?); "
+                "the batch is kept and retried in %.1fs%s",
+                self.name,
+                delay,
+                more,
+                exc_info=error,
+            )
+
+    async def _dead_letter(
+        self, leased: Leased, error: BaseException, failure: Failure | None = None
+    ) -> None:
+        if failure is None:
+            leased.attempts += 1
+            failure = self._failure(leased, error)
+        await self.outbox.dead_letter(self.name, leased, failure)
+        count = len(leased.events)
+        self.stats.dead_lettered += count
+        self.stats.last_error = {
+            "status": failure.status,
+            "message": failure.message,
+            "time": failure.last_failure,
+        }
+        self._finish(count)
+        logger.error(
+            "eventsink sink %r (%s) rejected %d event(s) permanently: %s. They are in the "
+            "dead-letter store; fix the cause, then replay them (eventsink replay --dead)",
+            self.name,
+            self.sink.describe(),
+            count,
+            failure.message,
+        )
+        for result in self.hooks.eventsink_send_error(
+            sink=self.name, batch=leased.events, error=error, final=True
+        ):
+            await await_me_maybe(result)

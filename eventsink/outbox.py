@@ -1,0 +1,230 @@
+"""Where events wait until a sink confirms them: the outbox interface and the in-memory outbox.
+
+The pipeline appends every accepted event once per configured sink; each sink's lane *leases*
+a batch, hands it to the sink, and on confirmation *acks* it (removes it). A retryable failure
+keeps the batch leased while the lane backs off; a permanent one moves it to the dead-letter
+store, from which :meth:`Outbox.replay` moves it back.
+
+:class:`MemoryOutbox` keeps everything in process memory (fast, lost on exit: for tests and
+for users who prefer speed to durability). :class:`eventsink.sqlite_outbox.SQLiteOutbox`
+implements the same interface on SQLite and survives crashes.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .event import Event
+
+
+@dataclass
+class Leased:
+    """A batch leased from the outbox by one sink's lane.
+
+    ``handles`` are the outbox's own references to the events (row ids for SQLite), aligned
+    with ``events``. ``attempts`` and ``first_failure`` carry the batch's failure history.
+    """
+
+    events: list[Event]
+    handles: list[Any]
+    attempts: int = 0
+    first_failure: float | None = None
+
+    def split(self) -> tuple[Leased, Leased]:
+        """Two halves of this batch, each keeping the failure history."""
+        middle = len(self.events) // 2
+        return (
+            Leased(self.events[:middle], self.handles[:middle], self.attempts, self.first_failure),
+            Leased(self.events[middle:], self.handles[middle:], self.attempts, self.first_failure),
+        )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a batch failed, as stored with dead letters and shown on status pages."""
+
+    message: str
+    status: int | None = None
+    attempts: int = 1
+    first_failure: float = field(default_factory=time.time)
+    last_failure: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered event with the failure that put it there."""
+
+    sink: str
+    event: Event
+    failure: Failure
+
+
+@dataclass
+class SinkBacklog:
+    """What the outbox holds for one sink."""
+
+    pending: int = 0
+    in_flight: int = 0
+    oldest_created: str | None = None
+    dead_letters: int = 0
+    bytes: int = 0
+
+
+class Outbox(ABC):
+    """The durable buffer between the writers and the sinks' lanes.
+
+    All methods are coroutines run on the pipeline's event loop. ``sink`` arguments are the
+    configured sink *names* (which key each event's delivery).
+    """
+
+    #: True when other processes may append to or lease from the same outbox, so lanes must
+    #: poll for work they were not told about.
+    shared: bool = False
+    #: True when committed events survive the process.
+    durable: bool = False
+    #: ``max_events`` when the configuration gives none.
+    default_max_events: int = 100_000
+
+    @abstractmethod
+    async def open(self, sinks: Sequence[str]) -> dict[str, SinkBacklog]:
+        """Prepare storage, reclaim leases of dead processes; return each sink's backlog."""
+
+    @abstractmethod
+    async def append(self, events: Sequence[Event], sinks: Sequence[str]) -> int:
+        """Store ``events`` once for each sink, in one commit; return the bytes stored."""
+
+    @abstractmethod
+    async def lease(self, sink: str, limit: int) -> Leased | None:
+        """Lease up to ``limit`` of the oldest unleased events of ``sink``; ``None`` if none."""
+
+    @abstractmethod
+    async def ack(self, sink: str, leased: Leased) -> None:
+        """The sink confirmed ``leased``: remove it."""
+
+    @abstractmethod
+    async def record_failure(self, sink: str, leased: Leased, failure: Failure) -> None:
+        """Remember a failed attempt (attempts, last error) and keep the lease alive."""
+
+    @abstractmethod
+    async def release(self, sink: str, leased: Leased) -> None:
+        """Give ``leased`` back undelivered, for this or another process to lease again."""
+
+    @abstractmethod
+    async def dead_letter(self, sink: str, leased: Leased, failure: Failure) -> None:
+        """Move ``leased`` to the dead-letter store with ``failure``."""
+
+    @abstractmethod
+    async def drop_oldest(self, sink: str, count: int) -> list[Event]:
+        """Remove up to ``count`` of the oldest unleased events of ``sink`` (overflow)."""
+
+    @abstractmethod
+    async def replay(
+        self, sink: str | None = None, since: str | None = None, ids: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """Move dead letters back to be delivered again; return how many, by sink.
+
+        ``since`` (a ULID) keeps those whose id sorts at or after it; ``ids`` picks exact ones.
+        """
+
+    @abstractmethod
+    async def backlog(self) -> dict[str, SinkBacklog]:
+        """Every sink's backlog (sinks with dead letters only are included)."""
+
+    @abstractmethod
+    async def dead_letters(self, sink: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+
+    async def close(self) -> None:  # noqa: B027  # optional: nothing to release by default
+        """Release leases held by this process and close storage."""
+
+
+class MemoryOutbox(Outbox):
+    """An outbox in process memory: fast, and lost when the process ends."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, deque[Event]] = {}
+        self._in_flight: dict[str, int] = {}
+        self._dead: list[DeadLetter] = []
+
+    def _queue(self, sink: str) -> deque[Event]:
+        queue = self._pending.get(sink)
+        if queue is None:
+            queue = self._pending[sink] = deque()
+            self._in_flight[sink] = 0
+        return queue
+
+    async def open(self, sinks: Sequence[str]) -> dict[str, SinkBacklog]:
+        for sink in sinks:
+            self._queue(sink)
+        return await self.backlog()
+
+    async def append(self, events: Sequence[Event], sinks: Sequence[str]) -> int:
+        for sink in sinks:
+            self._queue(sink).extend(events)
+        return 0
+
+    async def lease(self, sink: str, limit: int) -> Leased | None:
+        queue = self._queue(sink)
+        if not queue:
+            return None
+        count = min(limit, len(queue))
+        events = [queue.popleft() for _ in range(count)]
+        self._in_flight[sink] += count
+        return Leased(events, [None] * count)
+
+    async def ack(self, sink: str, leased: Leased) -> None:
+        self._in_flight[sink] -= len(leased.events)
+
+    async def record_failure(self, sink: str, leased: Leased, failure: Failure) -> None:
+        pass  # the lane keeps the history in the Leased object
+
+    async def release(self, sink: str, leased: Leased) -> None:
+        self._in_flight[sink] -= len(leased.events)
+        self._queue(sink).extendleft(reversed(leased.events))
+
+    async def dead_letter(self, sink: str, leased: Leased, failure: Failure) -> None:
+        self._in_flight[sink] -= len(leased.events)
+        self._dead.extend(DeadLetter(sink, event, failure) for event in leased.events)
+
+    async def drop_oldest(self, sink: str, count: int) -> list[Event]:
+        queue = self._queue(sink)
+        return [queue.popleft() for _ in range(min(count, len(queue)))]
+
+    async def replay(
+        self, sink: str | None = None, since: str | None = None, ids: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        wanted = set(ids) if ids is not None else None
+        keep, moved = [], {}
+        for letter in self._dead:
+            if (
+                (sink is None or letter.sink == sink)
+                and (since is None or letter.event.id >= since)
+                and (wanted is None or letter.event.id in wanted)
+            ):
+                self._queue(letter.sink).append(letter.event)
+                moved[letter.sink] = moved.get(letter.sink, 0) + 1
+            else:
+                keep.append(letter)
+        self._dead = keep
+        return moved
+
+    async def backlog(self) -> dict[str, SinkBacklog]:
+        result = {}
+        for sink, queue in self._pending.items():
+            result[sink] = SinkBacklog(
+                pending=len(queue),
+                in_flight=self._in_flight[sink],
+                oldest_created=queue[0].created if queue else None,
+            )
+        for letter in self._dead:
+            result.setdefault(letter.sink, SinkBacklog()).dead_letters += 1
+        return result
+
+    async def dead_letters(self, sink: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        letters = [letter for letter in self._dead if sink is None or letter.sink == sink]
+        return letters[::-1][:limit]

@@ -1,0 +1,86 @@
+"""The sink contract: what a plugin implements to receive batches of events.
+
+A sink is a small class. It names itself, declares its options, and implements ``send``::
+
+    class PrintSink(Sink):
+        name = "print"
+        options = (Option("prefix", str, "", "Text before each event."),)
+
+        async def send(self, batch):
+            for event in batch:
+                print(self.config["prefix"], event.to_json().decode())
+
+``send`` may be a coroutine function or a plain function (then it runs in a worker thread, so
+blocking I/O is fine). It returns when the receiver has *confirmed* the batch: only then are
+the events removed from the outbox. To fail, it raises one of the
+:mod:`~eventsink.exceptions` delivery errors; a batch may be sent again after a failure or a
+crash, so a sink must write idempotently, keyed by ``event.id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from .config import Option, validate_options
+from .event import Event
+
+
+@runtime_checkable
+class SinkProtocol(Protocol):
+    """The structural type of a sink, for type checkers."""
+
+    name: ClassVar[str]
+    options: ClassVar[Sequence[Option]]
+
+    def send(self, batch: Sequence[Event]) -> Any: ...
+
+
+class Sink:
+    """Base class for sinks, with do-nothing ``open`` and ``close``.
+
+    Subclasses set ``name`` (the name users configure), ``options`` (the documented
+    configuration keys) and ``description``, and implement ``send``. The validated options are
+    in ``self.config``.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    options: ClassVar[Sequence[Option]] = ()
+
+    def __init__(self, **config: Any) -> None:
+        self.config = validate_options(self.options, config)
+        self.check_config(self.config)
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        """Check relations between options; raise ``ConfigError`` naming the key."""
+
+    async def open(self) -> None:
+        """Acquire resources (connections, files). Called once before the first ``send``."""
+
+    async def send(self, batch: Sequence[Event]) -> None:
+        """Deliver ``batch``; return only once the receiver has confirmed it."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release resources. Called once at shutdown, also after a failed ``open``."""
+
+    def describe(self) -> str:
+        """Where this sink delivers, for logs and status pages. Never includes secrets."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+
+async def call_maybe_sync(function: Any, *args: Any) -> Any:
+    """Await ``function(*args)``; a plain function runs in a worker thread."""
+    if inspect.iscoroutinefunction(function):
+        return await function(*args)
+    result = await asyncio.to_thread(function, *args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result

@@ -1,0 +1,1 @@
+"""The built-in sinks, each a plugin registered through the ``eventsink`` entry-point group."""
