@@ -42,16 +42,25 @@ class EventFactory:
         self.enrichers = list(enrichers)
         self.filters = list(filters)
 
-    def make(self, table: str, data: Any, *, created: str | None = None) -> Event | None:
+    def make(
+        self,
+        table: str,
+        data: Any,
+        *,
+        created: str | None = None,
+        event_id: str | None = None,
+    ) -> Event | None:
         """A new event, or ``None`` when a filter dropped it.
 
+        ``event_id`` replaces the generated ULID when the caller derives a stable id (a pull
+        source re-reading a record must give it the same id so the sink ignores the repeat).
         Raises :class:`EventError` for a bad table name or data JSON cannot hold.
         """
         if not isinstance(table, str) or not table:
             raise EventError(f"table must be a non-empty string, not {table!r}", field="table")
         data = normalise(data)
-        event_id, now = self.ids.new()
-        event = Event(event_id, table, self.instance, created or now, data)
+        new_id, now = self.ids.new()
+        event = Event(event_id or new_id, table, self.instance, created or now, data)
         for enrich in self.enrichers:
             result = enrich(event=event)
             if result is not None:

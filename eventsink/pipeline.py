@@ -173,13 +173,18 @@ class Pipeline:
     # -- writing ---------------------------------------------------------------------------
 
     def write(
-        self, table: str, data: Mapping[str, Any], *, created: str | None = None
+        self,
+        table: str,
+        data: Mapping[str, Any],
+        *,
+        created: str | None = None,
+        event_id: str | None = None,
     ) -> str | None:
         """Accept one event from any thread but the loop's; return its id (``None`` if filtered).
 
         Never waits on the network. With ``overflow: block`` it waits for room in the outbox.
         """
-        event = self.factory.make(table, data, created=created)
+        event = self.factory.make(table, data, created=created, event_id=event_id)
         if event is None:
             self.intake.count_drop("filtered", 1)
             return None
@@ -193,10 +198,11 @@ class Pipeline:
         data: Mapping[str, Any],
         *,
         created: str | None = None,
+        event_id: str | None = None,
         wait_committed: bool = True,
     ) -> str | None:
         """Accept one event on the loop thread; by default return once it is committed."""
-        event = self.factory.make(table, data, created=created)
+        event = self.factory.make(table, data, created=created, event_id=event_id)
         if event is None:
             self.intake.count_drop("filtered", 1)
             return None
