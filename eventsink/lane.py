@@ -39,6 +39,8 @@ from .sink import Sink, call_maybe_sync
 
 logger = logging.getLogger("eventsink")
 
+HOT_BATCHES = 10  # batches a keeping-up lane may hold leased in memory
+
 
 @dataclass
 class LaneStats:
@@ -93,7 +95,9 @@ class Lane:
         self.poll_interval = poll_interval
         self.limiter = TokenBucket(settings.max_rate, settings.time_period)
         self.stats = LaneStats()
-        self.pending = 0
+        self.pending = 0  # events in the outbox for this sink, not leased by this lane
+        self._hot: deque[Leased] = deque()  # appended here and leased at once: no read-back
+        self._hot_count = 0
         self.settled = 0
         self._first_pending_at: float | None = None
         self._ready = asyncio.Event()
@@ -104,14 +108,56 @@ class Lane:
 
     # -- signals from the pipeline ---------------------------------------------------------
 
-    def notify(self, count: int) -> None:
-        """``count`` events were appended for this sink."""
-        was_idle = self.pending == 0
-        if was_idle:
+    @property
+    def available(self) -> int:
+        """Events this lane knows are waiting: in the outbox, or leased at append."""
+        return self.pending + self._hot_count
+
+    def wants_hot(self, count: int) -> bool:
+        """Whether ``count`` new events should be leased to this lane as they are appended.
+
+        Only while it keeps up: no older events wait in the outbox, and at most a few batches
+        are queued in memory (their leases must not expire before they are sent).
+        """
+        limit = HOT_BATCHES * self.settings.batch_limit
+        return self.pending == 0 and self._hot_count + count <= limit
+
+    def _arrived(self, was: int) -> None:
+        if was == 0:
             self._first_pending_at = time.monotonic()
-        self.pending += count
-        if was_idle or self.pending >= self.settings.batch_limit:
+        if was == 0 or self.available >= self.settings.batch_limit:
             self._ready.set()  # the lane recomputes how long it may still wait
+
+    def notify(self, count: int) -> None:
+        """``count`` events were appended for this sink and wait in the outbox."""
+        was = self.available
+        self.pending += count
+        self._arrived(was)
+
+    def offer(self, leased: Leased) -> None:
+        """Events appended and already leased to this lane."""
+        was = self.available
+        self._hot.append(leased)
+        self._hot_count += len(leased.events)
+        self._arrived(was)
+
+    def take_hot(self, limit: int) -> Leased:
+        """Up to ``limit`` of the oldest events leased at append (for sending or dropping)."""
+        events: list[Any] = []
+        handles: list[Any] = []
+        while self._hot and len(events) < limit:
+            chunk = self._hot[0]
+            room = limit - len(events)
+            if len(chunk.events) <= room:
+                self._hot.popleft()
+                events += chunk.events
+                handles += chunk.handles
+            else:
+                events += chunk.events[:room]
+                handles += chunk.handles[:room]
+                self._hot[0] = Leased(chunk.events[room:], chunk.handles[room:])
+        self._hot_count -= len(events)
+        return Leased(events, handles)
 
     def start_flush(self) -> None:
         """Send partial batches without waiting, until :meth:`end_flush`."""
@@ -140,28 +186,40 @@ class Lane:
 
     async def run(self) -> None:
         """Deliver until stopped."""
-        while not self._stop.is_set():
-            await self._wait_for_batch()
-            if self._stop.is_set():
-                break
-            leased = await self.outbox.lease(self.name, self.settings.batch_limit)
-            if leased is None:
-                self.pending = 0
-                self._first_pending_at = None
-                continue
-            self.pending = max(0, self.pending - len(leased.events))
-            if self.pending == 0:
-                self._first_pending_at = None
-            await self.deliver(leased)
+        limit = self.settings.batch_limit
+        try:
+            while not self._stop.is_set():
+                await self._wait_for_batch()
+                if self._stop.is_set():
+                    break
+                if self.pending:  # older events first
+                    leased = await self.outbox.lease(self.name, limit)
+                    if leased is None:
+                        self.pending = 0
+                    else:
+                        self.pending = max(0, self.pending - len(leased.events))
+                elif self._hot:
+                    leased = self.take_hot(limit)
+                else:
+                    continue
+                if self.available == 0:
+                    self._first_pending_at = None
+                if leased is not None:
+                    await self.deliver(leased)
+        finally:
+            while self._hot:
+                await self.outbox.release(self.name, self._hot.popleft())
+            self._hot_count = 0
 
     async def _wait_for_batch(self) -> None:
         """Return when a batch should be leased: full, old enough, flushing, or polling."""
         settings = self.settings
         while not self._stop.is_set():
-            if self.pending >= settings.batch_limit or (self._flushing and self.pending):
+            available = self.available
+            if available >= settings.batch_limit or (self._flushing and available):
                 return
             timeout: float | None
-            if self.pending and self._first_pending_at is not None:
+            if available and self._first_pending_at is not None:
                 waited = time.monotonic() - self._first_pending_at
                 timeout = settings.flush_interval - waited
                 if timeout <= 0:
@@ -172,7 +230,7 @@ class Lane:
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except asyncio.TimeoutError:
-                if self.pending:
+                if self.available:
                     return
                 # Nothing known to be pending: poll the shared outbox for work left by
                 # replays or other processes.
@@ -249,7 +307,11 @@ class Lane:
         )
 
     async def _retry_later(self, leased: Leased, error: Exception) -> bool:
-        """Back off after a failed attempt; return True when the lane stopped meanwhile."""
+        """Back off after a failed attempt.
+
+        Returns True when this batch is finished with (dead-lettered, or released because the
+        lane stopped), False when it should be sent again.
+        """
         settings = self.settings
         leased.attempts += 1
         if leased.first_failure is None:
@@ -266,7 +328,7 @@ class Lane:
             settings.max_age is not None and age >= settings.max_age
         ):
             await self._dead_letter(leased, error, failure)
-            return False
+            return True
         paused = isinstance(error, SinkPausedError)
         retry_after = getattr(error, "retry_after", None)
         if paused:

@@ -95,8 +95,14 @@ class Outbox(ABC):
         """Prepare storage, reclaim leases of dead processes; return each sink's backlog."""
 
     @abstractmethod
-    async def append(self, events: Sequence[Event], sinks: Sequence[str]) -> int:
-        """Store ``events`` once for each sink, in one commit; return the bytes stored."""
+    async def append(
+        self, events: Sequence[Event], sinks: Sequence[str], lease_for: Sequence[str] = ()
+    ) -> dict[str, Leased]:
+        """Store ``events`` once for each sink, in one commit.
+
+        For the sinks in ``lease_for`` the new rows are leased by this process at once and
+        returned, so a lane that is keeping up delivers them without reading them back.
+        """
 
     @abstractmethod
     async def lease(self, sink: str, limit: int) -> Leased | None:
@@ -163,10 +169,18 @@ class MemoryOutbox(Outbox):
             self._queue(sink)
         return await self.backlog()
 
-    async def append(self, events: Sequence[Event], sinks: Sequence[str]) -> int:
+    async def append(
+        self, events: Sequence[Event], sinks: Sequence[str], lease_for: Sequence[str] = ()
+    ) -> dict[str, Leased]:
+        leased = {}
         for sink in sinks:
-            self._queue(sink).extend(events)
-        return 0
+            if sink in lease_for:
+                self._queue(sink)
+                self._in_flight[sink] += len(events)
+                leased[sink] = Leased(list(events), [None] * len(events))
+            else:
+                self._queue(sink).extend(events)
+        return leased
 
     async def lease(self, sink: str, limit: int) -> Leased | None:
         queue = self._queue(sink)

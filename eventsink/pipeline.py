@@ -231,8 +231,9 @@ class Pipeline:
         if events:
             delay = 0.1
             while True:
+                hot = [name for name, lane in self.lanes.items() if lane.wants_hot(len(events))]
                 try:
-                    await self.outbox.append(events, self._names)
+                    leased = await self.outbox.append(events, self._names, hot)
                     break
                 except Exception:
                     logger.exception(
@@ -242,8 +243,11 @@ class Pipeline:
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
-            for lane in self.lanes.values():
-                lane.notify(len(events))
+            for name, lane in self.lanes.items():
+                if name in leased:
+                    lane.offer(leased[name])
+                else:
+                    lane.notify(len(events))
             if self.settings.overflow == "drop_oldest":
                 await self._drop_oldest()
         if group is not None and not group.done():
@@ -255,12 +259,18 @@ class Pipeline:
             return
         per_lane = -(-excess // len(self.lanes))
         for name, lane in self.lanes.items():
-            dropped = await self.outbox.drop_oldest(name, per_lane)
+            dropped = len(await self.outbox.drop_oldest(name, per_lane))
+            lane.pending = max(0, lane.pending - dropped)
+            if dropped < per_lane and lane.available:
+                # The rest are leased in memory, not yet sent: removing them from the outbox
+                # is the same operation as confirming them.
+                oldest = lane.take_hot(per_lane - dropped)
+                await self.outbox.ack(name, oldest)
+                dropped += len(oldest.events)
             if dropped:
-                lane.pending = max(0, lane.pending - len(dropped))
-                lane.settled += len(dropped)
-                self.intake.count_drop("overflow", len(dropped))
-                self._settle(len(dropped))
+                lane.settled += dropped
+                self.intake.count_drop("overflow", dropped)
+                self._settle(dropped)
 
     def _settle(self, rows: int) -> None:
         self.intake.settle(rows)

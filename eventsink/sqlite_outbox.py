@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 SCHEMA = """
 create table if not exists eventsink_outbox (
-    seq integer primary key autoincrement,
+    seq integer primary key,
     sink text not null,
     id text not null,
     table_name text not null,
@@ -50,7 +50,8 @@ create table if not exists eventsink_outbox (
     first_failure real,
     last_error text
 );
-create index if not exists eventsink_outbox_sink_seq on eventsink_outbox (sink, seq);
+create index if not exists eventsink_outbox_unleased on eventsink_outbox (sink, seq)
+    where lease_owner is null;
 create table if not exists eventsink_dead_letters (
     seq integer primary key autoincrement,
     sink text not null,
@@ -155,6 +156,16 @@ def _owner_is_dead(owner: str, host: str) -> bool:
     return False
 
 
+def _release_expired(connection: sqlite3.Connection, now: float) -> None:
+    # Leases are only looked for through the partial index of unleased rows, so expired
+    # leases are cleared here (at open and every few lease calls) rather than in each query.
+    connection.execute(
+        "update eventsink_outbox set lease_owner = null, lease_until = null "
+        "where lease_owner is not null and lease_until < ?",
+        [now],
+    )
+
+
 class SQLiteOutbox(Outbox):
     """The outbox in a SQLite database: a file of its own, or Datasette's internal database."""
 
@@ -180,6 +191,7 @@ class SQLiteOutbox(Outbox):
         self.lease_seconds = lease_seconds
         self._host = socket.gethostname()
         self.owner = f"{self._host}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._last_reclaim = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<SQLiteOutbox {self.path or self.runner!r}>"
@@ -205,55 +217,61 @@ class SQLiteOutbox(Outbox):
                     "where lease_owner = ?",
                     [owner],
                 )
-            connection.execute(
-                "update eventsink_outbox set lease_owner = null, lease_until = null "
-                "where lease_until < ?",
-                [time.time()],
-            )
+            _release_expired(connection, time.time())
 
         await self.runner.run(prepare)
         return await self.backlog()
 
-    async def append(self, events: Sequence[Event], sinks: Sequence[str]) -> int:
-        rows = [
-            (sink, event.id, event.table, event.instance, event.created, event.data_json())
+    async def append(
+        self, events: Sequence[Event], sinks: Sequence[str], lease_for: Sequence[str] = ()
+    ) -> dict[str, Leased]:
+        values = [
+            (event.id, event.table, event.instance, event.created, event.data_json())
             for event in events
-            for sink in sinks
         ]
-        size = sum(len(row[5]) for row in rows)
+        owner, until = self.owner, time.time() + self.lease_seconds
 
-        def insert(connection: sqlite3.Connection) -> None:
-            connection.executemany(
-                "insert into eventsink_outbox (sink, id, table_name, instance, created, data) "
-                "values (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        def insert(connection: sqlite3.Connection) -> dict[str, list[int]]:
+            handles = {}
+            for sink in sinks:
+                lease = (owner, until) if sink in lease_for else (None, None)
+                connection.executemany(
+                    "insert into eventsink_outbox (sink, id, table_name, instance, created, "
+                    "data, lease_owner, lease_until) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(sink, *row, *lease) for row in values],
+                )
+                if sink in lease_for:
+                    # One writer inside one transaction: the rowids just made are contiguous.
+                    last = connection.execute("select last_insert_rowid()").fetchone()[0]
+                    handles[sink] = list(range(last - len(values) + 1, last + 1))
+            return handles
 
-        await self.runner.run(insert)
-        return size
+        handles = await self.runner.run(insert)
+        return {sink: Leased(list(events), seqs) for sink, seqs in handles.items()}
 
     async def lease(self, sink: str, limit: int) -> Leased | None:
         owner, lease_seconds = self.owner, self.lease_seconds
 
+        reclaim = time.monotonic() - self._last_reclaim > self.lease_seconds / 10
+        if reclaim:
+            self._last_reclaim = time.monotonic()
+
         def take(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
             now = time.time()
-            rows = connection.execute(
-                f"select seq, {_COLUMNS}, attempts, first_failure from eventsink_outbox "
-                "where sink = ? and (lease_until is null or lease_until < ?) "
-                "order by seq limit ?",
-                [sink, now, limit],
+            if reclaim:
+                _release_expired(connection, now)
+            return connection.execute(
+                "update eventsink_outbox set lease_owner = ?, lease_until = ? "
+                "where seq in (select seq from eventsink_outbox where sink = ? and "
+                "lease_owner is null order by seq limit ?) "
+                f"returning seq, {_COLUMNS}, attempts, first_failure",
+                [owner, now + lease_seconds, sink, limit],
             ).fetchall()
-            for chunk in _chunks(rows):
-                connection.execute(
-                    "update eventsink_outbox set lease_owner = ?, lease_until = ? "
-                    f"where seq in ({_marks(len(chunk))})",
-                    [owner, now + lease_seconds, *(row[0] for row in chunk)],
-                )
-            return rows
 
         rows = await self.runner.run(take)
         if not rows:
             return None
+        rows.sort()  # RETURNING gives no order guarantee
         events = [Event(row[1], row[2], row[3], row[4], data_json=row[5]) for row in rows]
         attempts = max(row[6] for row in rows)
         failures = [row[7] for row in rows if row[7] is not None]
@@ -317,8 +335,8 @@ class SQLiteOutbox(Outbox):
         def drop(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
             rows = connection.execute(
                 f"select seq, {_COLUMNS} from eventsink_outbox where sink = ? and "
-                "(lease_until is null or lease_until < ?) order by seq limit ?",
-                [sink, time.time(), count],
+                "lease_owner is null order by seq limit ?",
+                [sink, count],
             ).fetchall()
             for chunk in _chunks(rows):
                 connection.execute(

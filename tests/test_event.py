@@ -1,0 +1,142 @@
+"""The event envelope, the JSON-safety rule and monotonic ULIDs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import threading
+import uuid
+from decimal import Decimal
+
+import orjson
+import pytest
+from ulid import ULID
+
+from eventsink.event import Event, normalise
+from eventsink.exceptions import EventError
+from eventsink.ids import IdGenerator, parse_ulid_or_time, ulid_floor
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class TestNormalise:
+    """normalise() converts what JSON cannot hold by the documented rule, or names the field."""
+
+    def test_plain_values_are_copied(self):
+        data = {"a": 1, "b": "x", "c": None, "d": True, "e": 1.5}
+        result = normalise(data)
+        assert result == data
+        assert result is not data
+
+    def test_documented_conversions(self):
+        moment = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+        ident = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        result = normalise(
+            {
+                "when": moment,
+                "day": dt.date(2026, 1, 2),
+                "price": Decimal("10.10"),
+                "uuid": ident,
+                "blob": b"\x00\x01",
+                "tags": {"b", "a"},
+                "pair": (1, 2),
+                "colour": Colour.RED,
+                "nested": {"inner": [moment]},
+            }
+        )
+        assert result == {
+            "when": "2026-01-02T03:04:05+00:00",
+            "day": "2026-01-02",
+            "price": "10.10",
+            "uuid": str(ident),
+            "blob": "AAE=",
+            "tags": ["a", "b"],
+            "pair": [1, 2],
+            "colour": "red",
+            "nested": {"inner": ["2026-01-02T03:04:05+00:00"]},
+        }
+        orjson.dumps(result)  # and it is JSON-safe
+
+    def test_unsupported_value_names_the_nested_field(self):
+        with pytest.raises(EventError) as info:
+            normalise({"user": {"tags": ["ok", object()]}})
+        assert info.value.field == "user.tags[1]"
+        assert "user.tags[1]" in str(info.value)
+
+    @pytest.mark.parametrize("key", ["id", "instance", "created"])
+    def test_reserved_keys_are_an_error(self, key):
+        with pytest.raises(EventError, match=repr(key)) as info:
+            normalise({key: "x"})
+        assert info.value.field == key
+
+    def test_non_finite_floats_are_rejected(self):
+        with pytest.raises(EventError, match="score"):
+            normalise({"score": float("nan")})
+
+    def test_non_dict_data_is_rejected(self):
+        with pytest.raises(EventError, match="must be a dict"):
+            normalise(["not", "a", "dict"])
+
+
+class TestEvent:
+    """Events serialise to rows and JSON lines consistently."""
+
+    def test_row_and_json_agree(self):
+        event = Event("01J0", "t", "web-1", "2026-01-01T00:00:00.000+00:00", {"a": 1})
+        assert event.row() == {
+            "id": "01J0",
+            "instance": "web-1",
+            "created": "2026-01-01T00:00:00.000+00:00",
+            "a": 1,
+        }
+        assert orjson.loads(event.row_json()) == event.row()
+        assert orjson.loads(event.to_json()) == event.to_dict()
+
+    def test_empty_data_row_json(self):
+        event = Event("01J0", "t", "i", "c", {})
+        assert orjson.loads(event.row_json()) == {"id": "01J0", "instance": "i", "created": "c"}
+
+    def test_lazy_data_from_json(self):
+        event = Event("01J0", "t", "i", "c", data_json=b'{"a":[1,2]}')
+        assert event.data == {"a": [1, 2]}
+
+
+class TestIds:
+    """Generated ids are valid ULIDs, strictly increasing, and match their created time."""
+
+    def test_valid_and_increasing(self):
+        generator = IdGenerator()
+        pairs = [generator.new() for _ in range(20_000)]
+        ids = [event_id for event_id, _ in pairs]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == len(ids)
+        for event_id, created in pairs[::997]:
+            parsed = ULID.from_str(event_id)
+            assert parsed.datetime.isoformat(timespec="milliseconds") == created
+
+    def test_increasing_per_thread_with_many_threads(self):
+        generator = IdGenerator()
+        results: dict[int, list[str]] = {}
+
+        def work(number: int) -> None:
+            results[number] = [generator.new()[0] for _ in range(5000)]
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        every = [event_id for ids in results.values() for event_id in ids]
+        assert len(set(every)) == 20_000
+        for ids in results.values():
+            assert ids == sorted(ids)
+
+    def test_parse_ulid_or_time(self):
+        moment = dt.datetime(2026, 1, 31, 12, tzinfo=dt.timezone.utc)
+        assert parse_ulid_or_time("2026-01-31T12:00:00Z") == ulid_floor(moment)
+        some = str(ULID())
+        assert parse_ulid_or_time(some.lower()) == some
+        with pytest.raises(ValueError, match="neither a ULID"):
+            parse_ulid_or_time("yesterday")

@@ -1,0 +1,278 @@
+"""The pipeline with test-local sinks registered through a hookimpl, as a third party would."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import eventsink
+from eventsink import (
+    Event,
+    PermanentError,
+    RejectedError,
+    RetryableError,
+    Sink,
+    SinkPausedError,
+    hookimpl,
+)
+from eventsink.exceptions import OverflowDropped
+from eventsink.plugins import make_plugin_manager
+
+
+class RecordingSink(Sink):
+    """Records every batch; fails according to ``script`` (one entry per call)."""
+
+    name = "recording"
+    options = (eventsink.Option("label", str, "rec"),)
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.calls: list[tuple[float, list[Event]]] = []
+        self.delivered: list[Event] = []
+        self.script: list[BaseException | None] = []
+        self.reject_ids: set[str] = set()
+
+    async def send(self, batch):
+        self.calls.append((time.monotonic(), list(batch)))
+        if self.script:
+            outcome = self.script.pop(0)
+            if outcome is not None:
+                raise outcome
+        rejected = [event.id for event in batch if event.id in self.reject_ids]
+        if rejected:
+            raise RejectedError(f"bad rows: {rejected}", status=400)
+        self.delivered.extend(batch)
+
+
+class Plugin:
+    @hookimpl
+    def eventsink_register_sinks(self):
+        return [RecordingSink]
+
+
+def make_client(plugins=(), **config):
+    pm = make_plugin_manager()
+    pm.register(Plugin())
+    for plugin in plugins:
+        pm.register(plugin)
+    config.setdefault("outbox", ":memory:")
+    config.setdefault("retry_initial", 0.01)
+    config.setdefault("retry_max", 0.05)
+    return eventsink.Client(sink="recording", pm=pm, **config)
+
+
+def sink_of(client) -> RecordingSink:
+    return client.pipeline.sinks["recording"]
+
+
+class TestBatching:
+    """Batches never exceed batch_limit and partial batches go after flush_interval."""
+
+    def test_batches_at_most_batch_limit(self):
+        with make_client(batch_limit=7) as client:
+            for n in range(100):
+                client.write("t", {"n": n})
+            assert client.flush(10)
+            sink = sink_of(client)
+            assert max(len(batch) for _, batch in sink.calls) <= 7
+            assert sorted(e.data["n"] for e in sink.delivered) == list(range(100))
+
+    def test_partial_batch_sent_after_flush_interval_without_flush(self):
+        with make_client(batch_limit=1000, flush_interval=0.05) as client:
+            client.write("t", {"n": 1})
+            deadline = time.monotonic() + 5
+            while not sink_of(client).delivered and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(sink_of(client).delivered) == 1
+
+
+class TestRateLimit:
+    """max_rate sends per time_period, as a token bucket."""
+
+    def test_two_per_second_over_three_seconds_is_at_most_eight_calls(self):
+        with make_client(batch_limit=1, max_rate=2, time_period=1, flush_interval=0) as client:
+            for n in range(30):
+                client.write("t", {"n": n})
+            time.sleep(3.0)  # the property under test is a rate over a 3 s window
+            calls = list(sink_of(client).calls)
+            assert 6 <= len(calls) <= 8
+            client.close(timeout=0.1)
+
+
+class TestRetries:
+    """Retryable errors are retried with backoff; permanent ones go to the dead letters."""
+
+    def test_retryable_twice_then_success_delivers_once(self):
+        errors = []
+        with make_client(batch_limit=10) as client:
+            client.on("error", lambda sink, batch, error, final: errors.append((error, final)))
+            sink_of(client).script = [RetryableError("busy"), RetryableError("busy"), None]
+            ids = [client.write("t", {"n": n}) for n in range(10)]
+            assert client.flush(10)
+            sink = sink_of(client)
+            assert [e.id for e in sink.delivered] == ids
+            assert len(sink.calls) == 3
+            assert [final for _, final in errors] == [False, False]
+
+    def test_retry_after_is_a_floor(self):
+        with make_client(batch_limit=5, retry_max=0.01) as client:
+            sink_of(client).script = [RetryableError("slow down", status=429, retry_after=0.3)]
+            for n in range(5):
+                client.write("t", {"n": n})
+            assert client.flush(10)
+            (first, _), (second, _) = sink_of(client).calls
+            assert second - first >= 0.3
+
+    def test_unexpected_exception_is_retried_not_lost(self, caplog):
+        with make_client(batch_limit=3) as client:
+            sink_of(client).script = [ZeroDivisionError("sink bug")]
+            for n in range(3):
+                client.write("t", {"n": n})
+            assert client.flush(10)
+            assert len(sink_of(client).delivered) == 3
+        assert "unexpected error" in caplog.text
+
+    def test_permanent_error_reaches_handler_and_dead_letters_intact(self):
+        errors = []
+        with make_client(batch_limit=4) as client:
+            client.on("error", lambda sink, batch, error, final: errors.append((batch, final)))
+            sink_of(client).script = [PermanentError("no such table", status=404)]
+            ids = [client.write("t", {"n": n, "text": f"#{n}"}) for n in range(4)]
+            assert client.flush(10)
+            ((batch, final),) = errors
+            assert final is True and [e.id for e in batch] == ids
+            letters = client._run(client.pipeline.outbox.dead_letters(), None)
+            assert sorted(letter.event.id for letter in letters) == ids
+            assert {letter.event.data["text"] for letter in letters} == {"#0", "#1", "#2", "#3"}
+            assert all(letter.failure.status == 404 for letter in letters)
+            assert client.status()["sinks"]["recording"]["dead_letters"] == 4
+            # replay puts them back, and this time the sink accepts them
+            moved = client._run(client.pipeline.replay(), None)
+            assert moved == {"recording": 4}
+            assert client.flush(10)
+            assert sorted(e.id for e in sink_of(client).delivered) == ids
+
+    def test_rejected_batch_is_split_to_isolate_the_poison_event(self):
+        with make_client(batch_limit=16) as client:
+            ids = [client.write("t", {"n": n}) for n in range(16)]
+            sink_of(client).reject_ids = {ids[5]}
+            assert client.flush(10)
+            delivered = sorted(e.id for e in sink_of(client).delivered)
+            assert delivered == sorted(set(ids) - {ids[5]})
+            letters = client._run(client.pipeline.outbox.dead_letters(), None)
+            assert [letter.event.id for letter in letters] == [ids[5]]
+
+    def test_max_attempts_moves_to_dead_letters(self):
+        with make_client(batch_limit=2, max_attempts=3) as client:
+            sink_of(client).script = [RetryableError("down")] * 3
+            client.write("t", {"n": 1})
+            assert client.flush(10)
+            assert len(sink_of(client).calls) == 3
+            letters = client._run(client.pipeline.outbox.dead_letters(), None)
+            assert letters[0].failure.attempts == 3
+
+    def test_paused_sink_keeps_events_and_reports_why(self, caplog):
+        with make_client(batch_limit=2, pause_interval=0.2) as client:
+            sink_of(client).script = [SinkPausedError("token lacks insert-row", status=403)]
+            client.write("t", {"n": 1})
+            deadline = time.monotonic() + 5
+            while client.status()["sinks"]["recording"]["paused"] is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert client.flush(10)
+            assert len(sink_of(client).delivered) == 1
+            assert client.status()["sinks"]["recording"]["paused"] is None
+        assert "is paused: token lacks insert-row" in caplog.text
+
+
+class TestHooks:
+    """Enrich hooks chain in order, filter hooks drop, lifecycle hooks fire."""
+
+    def test_enrich_chain_and_filter(self):
+        order = []
+
+        class First:
+            @hookimpl(tryfirst=True)
+            def eventsink_enrich(self, event):
+                order.append("first")
+                event.data["stage"] = ["first"]
+
+        class Second:
+            @hookimpl
+            def eventsink_enrich(self, event):
+                order.append("second")
+                return Event(
+                    event.id,
+                    event.table,
+                    event.instance,
+                    event.created,
+                    {**event.data, "stage": [*event.data["stage"], "second"]},
+                )
+
+        class DropOdd:
+            @hookimpl
+            def eventsink_filter(self, event):
+                return event.data["n"] % 2 == 0
+
+        with make_client(plugins=[Second(), First(), DropOdd()]) as client:
+            results = [client.write("t", {"n": n}) for n in range(6)]
+            assert client.flush(10)
+            delivered = sink_of(client).delivered
+            assert [e.data["n"] for e in delivered] == [0, 2, 4]
+            assert all(e.data["stage"] == ["first", "second"] for e in delivered)
+            assert results[1] is None
+            assert client.status()["dropped"] == {"filtered": 3}
+        assert order[:2] == ["first", "second"]
+
+    def test_lifecycle_hooks(self):
+        seen = []
+
+        class Watcher:
+            @hookimpl
+            def eventsink_before_send(self, sink, batch):
+                seen.append(("before", sink, len(batch)))
+
+            @hookimpl
+            async def eventsink_batch_sent(self, sink, batch):
+                seen.append(("sent", sink, len(batch)))
+
+        with make_client(plugins=[Watcher()], batch_limit=5) as client:
+            for n in range(5):
+                client.write("t", {"n": n})
+            assert client.flush(10)
+        assert seen == [("before", "recording", 5), ("sent", "recording", 5)]
+
+
+class TestOverflow:
+    """A full outbox blocks, drops the newest or drops the oldest — never silently."""
+
+    def _stalled(self, **config):
+        client = make_client(batch_limit=1000, flush_interval=60, **config)
+        return client
+
+    def test_drop_newest_raises_and_counts(self):
+        client = self._stalled(max_events=3, overflow="drop_newest")
+        for n in range(3):
+            client.write("t", {"n": n})
+        with pytest.raises(OverflowDropped):
+            client.write("t", {"n": 3})
+        assert client.status()["dropped"] == {"overflow": 1}
+        client.close()
+        assert sorted(e.data["n"] for e in sink_of(client).delivered) == [0, 1, 2]
+
+    def test_drop_oldest_keeps_the_newest(self):
+        client = self._stalled(max_events=3, overflow="drop_oldest")
+        for n in range(5):
+            client.write("t", {"n": n})
+            client._run(client.pipeline._append_buffered(), None)
+        client.close()
+        assert sorted(e.data["n"] for e in sink_of(client).delivered) == [2, 3, 4]
+        assert client.pipeline.intake.dropped["overflow"] == 2
+
+    def test_block_waits_until_there_is_room(self):
+        client = make_client(batch_limit=1, flush_interval=0, max_events=2, overflow="block")
+        for n in range(50):
+            client.write("t", {"n": n})  # would raise or hang if blocking did not resume
+        client.close()
+        assert len(sink_of(client).delivered) == 50
