@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import click
 
+from .cli_replay import replay
 from .cli_send import send
+from .cli_sinks import sinks
+from .cli_status import status
 
 
 @click.group(
@@ -29,3 +32,6 @@ def cli() -> None:
 
 
 cli.add_command(send)
+cli.add_command(status)
+cli.add_command(replay)
+cli.add_command(sinks)

@@ -99,7 +99,8 @@ def build_config(
 
 def outbox_path(config: Mapping[str, Any]) -> str:
     """The outbox the configuration names, or the shared default under the user data dir."""
-    return os.fspath(Path(config.get("outbox") or default_outbox_path()).expanduser())
+    path = os.fspath(Path(config.get("outbox") or default_outbox_path()).expanduser())
+    return path if path == ":memory:" else os.path.abspath(path)
 
 
 def build_pipeline(

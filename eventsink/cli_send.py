@@ -62,7 +62,7 @@ class Counts:
 class Reporter:
     """A rich progress bar on a terminal, or a plain line every ``interval`` seconds."""
 
-    def __init__(self, counts: Counts, *, tty: bool, interval: float = 5.0) -> None:
+    def __init__(self, counts: Counts, *, tty: bool, interval: float = 2.0) -> None:
         self.counts = counts
         self.tty = tty
         self.interval = 0.1 if tty else interval
@@ -352,7 +352,7 @@ def _summary(
     if tables:
         listed = ", ".join(f"{name} {count:,}" for name, count in tables.most_common(10))
         more = f" and {len(tables) - 10} more" if len(tables) > 10 else ""
-        click.echo(f"  tables: {listed}{more}")
+        click.echo(f"  events read by table: {listed}{more}")
     rate = counts.sent / elapsed if elapsed > 0 else 0.0
     click.echo(f"Took {elapsed:.2f}s ({rate:,.0f} events/s).")
     for (sink, message), count in outcomes.dead.most_common():

@@ -4,13 +4,14 @@ Rows have the same shape as the Datasette sink writes (:meth:`eventsink.Event.ro
 (the primary key), ``instance``, ``created``, then one column per data key. A table is created
 on first use and gains a column when a new key appears; column types are inferred by
 sqlite-utils exactly as Datasette's ``/-/create`` infers them, and lists and objects are
-stored as JSON text. Rows are inserted with ``INSERT OR IGNORE`` keyed by ``id``, so a batch
+stored as JSON text. Rows are inserted with ``ON CONFLICT (id) DO NOTHING``, so a batch
 delivered twice (after a crash or a retry) is stored once.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,10 +31,16 @@ from eventsink.sink import Sink
 logger = logging.getLogger("eventsink")
 
 _ENVELOPE = ("id", "instance", "created")
+_TRANSIENT = re.compile(r"locked|busy|disk|I/O|full", re.IGNORECASE)
 
 
 class SQLiteSink(Sink):
-    """Insert each batch into a SQLite file, one transaction per batch, idempotent by ``id``."""
+    """Insert each batch into a SQLite file, one transaction per batch, idempotent by ``id``.
+
+    A locked or full database raises ``RetryableError``; rows the database refuses (a
+    constraint of a table created elsewhere) raise ``RejectedError``, so the pipeline
+    dead-letters only those rows.
+    """
 
     name = "sqlite"
     description = "Writes events as rows of a local SQLite database (open it with datasette)."
@@ -109,11 +116,12 @@ class SQLiteSink(Sink):
                 connection.execute("rollback")
                 raise
             connection.execute("commit")
-        except sqlite3.OperationalError as error:
-            # Locked, busy, disk full, I/O: the same batch may succeed later.
-            raise RetryableError(f"cannot write to {str(self.path)!r}: {error}") from None
         except sqlite3.DatabaseError as error:
-            self._columns.clear()  # the schema may not be what we cached
+            if isinstance(error, sqlite3.OperationalError) and _TRANSIENT.search(str(error)):
+                raise RetryableError(f"cannot write to {str(self.path)!r}: {error}") from None
+            # A constraint of a table made elsewhere (NOT NULL, CHECK), a changed schema...:
+            # split the batch so only the rows it refuses are dead-lettered.
+            self._columns.clear()
             raise RejectedError(f"{str(self.path)!r} refused the rows: {error}") from None
 
     def _prepare(
@@ -140,7 +148,10 @@ class SQLiteSink(Sink):
         names = ", ".join(quote_identifier(column) for column in columns)
         marks = ", ".join("?" * len(columns))
         return (
-            f"insert or ignore into {quote_identifier(table)} ({names}) values ({marks})",
+            # Only a repeated id is ignored: "insert or ignore" would also silently skip rows
+            # that break a NOT NULL or CHECK constraint of a table created elsewhere.
+            f"insert into {quote_identifier(table)} ({names}) values ({marks}) "
+            "on conflict (id) do nothing",
             columns,
         )
 

@@ -152,3 +152,24 @@ class TestThroughThePipeline:
         await asyncio.gather(call_maybe_sync(sink.send, [event(1)]))
         await call_maybe_sync(sink.close)
         assert len(rows(tmp_path / "e.db", "clicks")) == 1
+
+
+class TestRefusedRows:
+    """Rows a table's own constraints refuse are rejected, never silently skipped."""
+
+    def test_check_constraint_rejects_instead_of_ignoring(self, tmp_path):
+        from eventsink import RejectedError
+
+        path = tmp_path / "e.db"
+        connection = sqlite3.connect(path)
+        connection.execute(
+            "create table clicks (id text primary key, instance text, created text, "
+            "n integer check (n < 5))"
+        )
+        connection.close()
+        sink = SQLiteSink(path=str(path))
+        with pytest.raises(RejectedError, match="CHECK"):
+            sink.send([event(1), event(7)])
+        sink.send([event(1)])
+        sink.close()
+        assert [row["n"] for row in rows(path, "clicks")] == [1]
