@@ -1,11 +1,37 @@
-"""The ``eventsink`` command."""
+"""The ``eventsink`` command: a click group and its commands, one module each.
+
+Commands live in ``eventsink/cli_*.py`` modules and are registered here with
+``cli.add_command``; a new command is one module plus one line below.
+"""
 
 from __future__ import annotations
 
 import click
 
+from .cli_replay import replay
+from .cli_send import send
+from .cli_sinks import sinks
+from .cli_status import status
 
-@click.group()
+
+@click.group(
+    epilog="Run 'eventsink COMMAND --help' for a command's options and examples.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(package_name="eventsink")
 def cli() -> None:
-    """Deliver events to sinks without losing one."""
+    """Deliver events to sinks without losing one.
+
+    \b
+    Examples:
+      eventsink send events.jsonl && datasette events.db
+      eventsink status
+      eventsink replay --dead
+      eventsink sinks
+    """
+
+
+cli.add_command(send)
+cli.add_command(status)
+cli.add_command(replay)
+cli.add_command(sinks)
