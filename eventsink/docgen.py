@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import re
 import sys
 import textwrap
@@ -65,10 +66,23 @@ def _cell(text: str) -> str:
     return markdown_text(text).replace("|", "\\|").replace("\n", " ")
 
 
+TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}
+
+
+def _default(option: Option) -> str:
+    described = option.describe_default()
+    if described in ("required", "none"):
+        return described
+    try:  # as it is written in a YAML or JSON config
+        return f"`{json.dumps(option.default, ensure_ascii=False)}`"
+    except TypeError:
+        return f"`{described}`"
+
+
 def _kind(option: Option) -> str:
-    kind = option.kind.__name__
+    kind = TYPE_NAMES.get(option.kind, option.kind.__name__)
     if option.choices:
-        kind += ": " + ", ".join(f"`{choice}`" for choice in option.choices)
+        kind += ": " + ", ".join(f"`{json.dumps(choice)}`" for choice in option.choices)
     if option.minimum is not None:
         kind += f", ≥ {option.minimum:g}"
     return kind
@@ -80,8 +94,7 @@ def options_table(options: Sequence[Option]) -> str:
         return "No options.\n"
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for option in options:
-        default = option.describe_default()
-        default = default if default in ("required", "none") else f"`{default}`"
+        default = _default(option)
         meaning = _cell(option.help) + (
             " **Secret**: never logged or shown." if option.secret else ""
         )
