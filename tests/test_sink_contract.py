@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from eventsink.sinks.file import FileSink
 from eventsink.sinks.null import NullSink
+from eventsink.sinks.sqlite import SQLiteSink
 from eventsink.sinks.stdout import StdoutSink
 
 from eventsink.event import Event
@@ -49,6 +50,26 @@ class TestFileSinkContract(SinkContract):
     @pytest.fixture
     def failure_cases(self, tmp_path: Path):
         return {"path is a directory": (lambda: FileSink(path=str(tmp_path)), ConfigError)}
+
+
+class TestSQLiteSinkContract(SinkContract):
+    """The sqlite sink keeps the contract, idempotent by id."""
+
+    sink_type = "sqlite"
+
+    @pytest.fixture
+    def make_sink(self, tmp_path: Path):
+        return lambda: SQLiteSink(path=str(tmp_path / "events.db"), table="events")
+
+    @pytest.fixture
+    def read_stored(self, tmp_path: Path):
+        import sqlite_utils
+
+        def read() -> list[dict[str, Any]]:
+            db = sqlite_utils.Database(tmp_path / "events.db")
+            return list(db["events"].rows) if db["events"].exists() else []
+
+        return read
 
 
 class TestStdoutSinkContract(SinkContract):
