@@ -21,6 +21,9 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "stdout": "eventsink.sinks.stdout",
     "file": "eventsink.sinks.file",
     "null": "eventsink.sinks.null",
+    "sqlite": "eventsink.sinks.sqlite",
+    "source_jsonl": "eventsink.sources.jsonl",
+    "source_datasette": "eventsink.sources.datasette",
 }
 
 
