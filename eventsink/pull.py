@@ -81,20 +81,20 @@ class Puller:
         self.started = time.monotonic()
         if self.checkpoint.state:
             source.log(f"resuming after {self.checkpoint.records} record(s)")
+        # The next read runs in its thread while this batch is written and committed.
+        reading: asyncio.Future[Any] = self._start_read()
+        pending: asyncio.Future[Any] | None = reading
         try:
             while True:
-                records = await asyncio.to_thread(
-                    read_with_retry,
-                    source,
-                    self.read_size,
-                    retries=self.retries,
-                    initial=self.retry_initial,
-                )
-                states = source.take_states()
-                if records:
-                    await self._write(records)
+                records = await reading
+                pending = None
+                states = source.take_states()  # declared by the read that just returned
+                if records is not None:
                     self.read += len(records)
                     self.batches += 1
+                    await self._pace()
+                    reading = pending = self._start_read()
+                    await self._write(records)  # returns once every record is committed
                     self._uncommitted += len(records)
                 if states:
                     self.checkpoint.merge(states)
@@ -104,8 +104,9 @@ class Puller:
                 if records is None:
                     break
                 self._report()
-                await self._pace()
         finally:
+            if pending is not None:  # a thread cannot be cancelled: let it finish first
+                await asyncio.gather(pending, return_exceptions=True)
             await asyncio.to_thread(source.close)
         self.finished = True
         source.log(
@@ -113,6 +114,17 @@ class Puller:
             f"{self.checkpoint.records} committed in all"
         )
         return self.read
+
+    def _start_read(self) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(
+            asyncio.to_thread(
+                read_with_retry,
+                self.source,
+                self.read_size,
+                retries=self.retries,
+                initial=self.retry_initial,
+            )
+        )
 
     async def _write(self, records: list[dict[str, Any]]) -> None:
         source, identity, table = self.source, self.identity, self.source.destination

@@ -34,6 +34,7 @@ it re-reads at most the records of the last, uncommitted read.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import sys
@@ -49,6 +50,9 @@ from .exceptions import ConfigError
 from .ids import CROCKFORD
 
 logger = logging.getLogger("eventsink")
+
+# RFC 4648 base32 and Crockford's use the same bit layout, only different letters.
+_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", CROCKFORD)
 
 _KINDS = {"str": str, "int": int, "float": float, "bool": bool, "list": list}
 
@@ -104,9 +108,7 @@ def derive_event_id(identity: str, key: Any) -> str:
         identity.encode() + b"\n" + orjson.dumps(key, option=orjson.OPT_SORT_KEYS),
         digest_size=10,
     ).digest()
-    value = int.from_bytes(digest, "big")
-    chars = [CROCKFORD[(value >> shift) & 31] for shift in range(75, -1, -5)]
-    return "0000000000" + "".join(chars)
+    return "0000000000" + base64.b32encode(digest).decode("ascii").translate(_TO_CROCKFORD)
 
 
 class DataSource:
