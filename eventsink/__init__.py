@@ -20,12 +20,14 @@ from .hookspecs import hookimpl, hookspec
 from .outbox import MemoryOutbox, Outbox
 from .pipeline import Pipeline
 from .sink import Sink
+from .source import DataSource
 from .sqlite_outbox import SQLiteOutbox
 
 __all__ = [
     "Client",
     "ClosedError",
     "ConfigError",
+    "DataSource",
     "DeliveryError",
     "Event",
     "EventError",

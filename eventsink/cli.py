@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from .cli_pull import pull, sources
 from .cli_replay import replay
 from .cli_send import send
 from .cli_sinks import sinks
@@ -35,3 +36,5 @@ cli.add_command(send)
 cli.add_command(status)
 cli.add_command(replay)
 cli.add_command(sinks)
+cli.add_command(pull)
+cli.add_command(sources)

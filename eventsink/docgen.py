@@ -102,6 +102,12 @@ def options_table(options: Sequence[Option]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def options_of(cls: type) -> Sequence[Option]:
+    """A plugin class's documented options (sources compute theirs from ``CONFIG``)."""
+    options = getattr(cls, "options", ())
+    return options() if callable(options) else options
+
+
 def plugin_sections(classes: dict[str, type], kind: str) -> str:
     """One section per plugin class: its name, description and options table."""
     if not classes:
@@ -109,9 +115,7 @@ def plugin_sections(classes: dict[str, type], kind: str) -> str:
     parts = []
     for name, cls in classes.items():
         description = getattr(cls, "description", "") or (inspect.getdoc(cls) or "").split("\n")[0]
-        parts.append(
-            f"### `{name}`\n\n{_cell(description)}\n\n{options_table(getattr(cls, 'options', ()))}"
-        )
+        parts.append(f"### `{name}`\n\n{_cell(description)}\n\n{options_table(options_of(cls))}")
     return "\n".join(parts)
 
 

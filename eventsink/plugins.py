@@ -22,6 +22,8 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "file": "eventsink.sinks.file",
     "null": "eventsink.sinks.null",
     "sqlite": "eventsink.sinks.sqlite",
+    "source_jsonl": "eventsink.sources.jsonl",
+    "source_datasette": "eventsink.sources.datasette",
 }
 
 

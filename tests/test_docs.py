@@ -67,7 +67,7 @@ class TestConfigurationPage:
         """Each built-in pull source has a section listing each of its options."""
         text = (DOCS / "configuration.md").read_text()
         assert f"### `{source}`" in text
-        for option in getattr(docgen.builtin_sources()[source], "options", ()):
+        for option in docgen.options_of(docgen.builtin_sources()[source]):
             assert f"| `{option.name}` |" in text
 
     def test_third_party_sinks_are_left_out(self) -> None:

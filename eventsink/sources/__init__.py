@@ -1,0 +1,1 @@
+"""Built-in pull data sources, registered through the ``eventsink_register_sources`` hook."""
