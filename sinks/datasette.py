@@ -41,11 +41,10 @@ from eventsink.sink import Sink
 logger = logging.getLogger("eventsink")
 
 SHAPES = "'http(s)://host/<database>/-/create' or 'http(s)://host/<database>/<table>/-/insert'"
-_CREATE = re.compile(r"^(?P<db>https?://[^/?#]+(?:/[^?#]*)?/[^/?#]+)/-/create/?$")
-_INSERT = re.compile(
-    r"^(?P<db>https?://[^/?#]+(?:/[^?#]*)?/[^/?#]+)/(?P<table>[^/?#]+)/-/insert/?$"
-)
+_CREATE = re.compile(r"^(?P<db>(?:/[^/]+)*/[^/]+)/-/create/?$")
+_INSERT = re.compile(r"^(?P<db>(?:/[^/]+)*/[^/]+)/(?P<table>[^/]+)/-/insert/?$")
 _TOO_MANY = re.compile(r"too many rows, maximum allowed is (\d+)", re.IGNORECASE)
+_JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 _TILDE_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -73,12 +72,15 @@ def parse_api_url(url: str) -> tuple[str, str | None]:
 
     Raises :class:`ConfigError` naming ``api_url`` and the two accepted shapes.
     """
-    match = _INSERT.match(url)
-    if match:
-        return match["db"], tilde_decode(match["table"])
-    match = _CREATE.match(url)
-    if match:
-        return match["db"], None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+        match = _INSERT.match(parts.path)
+        if match:
+            return base + match["db"], tilde_decode(match["table"])
+        match = _CREATE.match(parts.path)
+        if match:
+            return base + match["db"], None
     raise ConfigError(
         f"config key 'api_url' must be {SHAPES}, not {_without_secrets(url)!r}", key="api_url"
     )
@@ -187,7 +189,7 @@ class DatasetteSink(Sink):
 
     async def open(self) -> None:
         if self._client is None:
-            headers = {"content-type": "application/json"}
+            headers = {}
             token = reveal(self.config["api_token"])
             if token:
                 headers["authorization"] = f"Bearer {token}"
@@ -263,7 +265,7 @@ class DatasetteSink(Sink):
     async def _post(self, url: str, body: bytes) -> httpx.Response:
         assert self._client is not None
         try:
-            response = await self._client.post(url, content=body)
+            response = await self._client.post(url, content=body, headers=_JSON_HEADERS)
         except httpx.TimeoutException as error:
             raise RetryableError(
                 f"no answer from {self.describe()} within {self.config['timeout']}s "
@@ -304,7 +306,9 @@ class DatasetteSink(Sink):
         try:
             text = self._errors_text(orjson.loads(response.content))
         except orjson.JSONDecodeError:
-            text = response.text.strip()
+            # An HTML error page (a proxy's, or Datasette's own) says less than its status.
+            html = "html" in response.headers.get("content-type", "")
+            text = "" if html else response.text.strip()
         text = text or response.reason_phrase
         return self._scrub(text[:500])
 
