@@ -68,6 +68,7 @@ class DatasetteReceiver:
         self.startup_timeout = startup_timeout
         self._tempdir = None if directory else tempfile.TemporaryDirectory(prefix="receiver-")
         self.directory = Path(directory or self._tempdir.name)  # type: ignore[union-attr]
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / f"{database}.db"
         sqlite3.connect(self.path).close()
         self.secret = secrets.token_hex(16)
