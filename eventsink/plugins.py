@@ -21,6 +21,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "stdout": "eventsink.sinks.stdout",
     "file": "eventsink.sinks.file",
     "null": "eventsink.sinks.null",
+    "datasette": "eventsink.sinks.datasette",
     "sqlite": "eventsink.sinks.sqlite",
     "source_jsonl": "eventsink.sources.jsonl",
     "source_datasette": "eventsink.sources.datasette",

@@ -271,7 +271,7 @@ class SQLiteOutbox(Outbox):
         rows = await self.runner.run(take)
         if not rows:
             return None
-        rows.sort()  # RETURNING gives no order guarantee
+        rows.sort(key=lambda row: row[0])  # RETURNING gives no order guarantee
         events = [Event(row[1], row[2], row[3], row[4], data_json=row[5]) for row in rows]
         attempts = max(row[6] for row in rows)
         failures = [row[7] for row in rows if row[7] is not None]

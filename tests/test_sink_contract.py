@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eventsink.sinks.datasette import DatasetteSink
 from eventsink.sinks.file import FileSink
 from eventsink.sinks.null import NullSink
 from eventsink.sinks.sqlite import SQLiteSink
@@ -50,6 +51,34 @@ class TestFileSinkContract(SinkContract):
     @pytest.fixture
     def failure_cases(self, tmp_path: Path):
         return {"path is a directory": (lambda: FileSink(path=str(tmp_path)), ConfigError)}
+
+
+class TestDatasetteSinkContract(SinkContract):
+    """The Datasette sink keeps the contract against a real receiver, idempotent by id."""
+
+    sink_type = "datasette"
+
+    @pytest.fixture
+    def receiver_table(self, request: pytest.FixtureRequest) -> str:
+        return "contract_" + request.node.name.replace("[", "_").replace("]", "")
+
+    @pytest.fixture
+    def make_sink(self, receiver: Any, receiver_table: str):
+        return lambda: DatasetteSink(
+            api_url=f"{receiver.db_url}/-/create", api_token=receiver.token, table=receiver_table
+        )
+
+    @pytest.fixture
+    def read_stored(self, receiver: Any, receiver_table: str):
+        table = receiver_table
+        return lambda: receiver.rows(table) if table in _tables(receiver.path) else []
+
+
+def _tables(path: Path) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
 
 
 class TestSQLiteSinkContract(SinkContract):

@@ -14,7 +14,6 @@ Fixtures, available in any project that has eventsink installed:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,13 +63,6 @@ def datasette_receiver(tmp_path: Path) -> Iterator[Any]:
         pytest.skip(
             f"datasette_receiver needs Datasette (pip install 'eventsink[datasette]'): {error}"
         )
-    # The receiver may take a directory for its database; give it the test's own.
-    required = [
-        parameter
-        for parameter in inspect.signature(DatasetteReceiver).parameters.values()
-        if parameter.default is inspect.Parameter.empty
-        and parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    receiver = DatasetteReceiver(tmp_path) if required else DatasetteReceiver()
+    receiver = DatasetteReceiver(directory=tmp_path / "receiver")
     with receiver:
         yield receiver

@@ -1,0 +1,190 @@
+"""Benchmark the Datasette plugin: request cost on the sender, delivery rate to the receiver.
+
+Run: ``python bench/bench_datasette.py [--requests 1000] [--rounds 3] [--events 50000]``
+
+1. **Request overhead.** Two sender Datasettes (``datasette serve`` subprocesses): one with the
+   plugin installed but configured off (an empty ``eventsink`` block), one forwarding to a real
+   receiver with the plugin's defaults and a ``--internal`` file. One keep-alive client posts
+   single-row ``/-/insert`` requests, alternating off and on in rounds so both see the same
+   machine load; it prints requests/s and p50 latency of each and the ratio on ÷ off.
+2. **Delivery rate.** ``--events`` events are put in a sender's outbox (its internal database)
+   before it starts, with ``max_rate`` unlimited, so the plugin delivers more than the receiver
+   can take; it prints the delivered events/s beside the receiver's raw ingest measured in the
+   same run (one keep-alive client posting 100-row batches of the same rows to ``/-/insert``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from eventsink.event import Event
+from eventsink.ids import IdGenerator
+from eventsink.sqlite_outbox import SQLiteOutbox
+from eventsink.testing.receiver import DatasetteReceiver
+
+
+def sender(directory: Path, name: str, plugin: dict, internal: Path) -> DatasetteReceiver:
+    config = directory / f"{name}.json"
+    config.write_text(json.dumps({"plugins": {"eventsink": plugin}}))
+    return DatasetteReceiver(
+        database="s",
+        directory=directory / name,
+        extra_args=["-c", str(config), "--internal", str(internal)],
+    )
+
+
+async def drive(server: DatasetteReceiver, requests: int) -> tuple[float, float]:
+    """Post ``requests`` single-row inserts; return (requests/s, p50 latency in ms)."""
+    headers = {"Authorization": f"Bearer {server.token}"}
+    latencies = []
+    async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+        url = f"{server.db_url}/t/-/insert"
+        await client.post(f"{server.db_url}/-/create", json={"table": "t", "row": {"n": -1}})
+        started = time.perf_counter()
+        for n in range(requests):
+            before = time.perf_counter()
+            response = await client.post(url, json={"row": {"n": n}})
+            latencies.append(time.perf_counter() - before)
+            assert response.status_code == 201, response.text
+        elapsed = time.perf_counter() - started
+    return requests / elapsed, statistics.median(latencies) * 1000
+
+
+def make_events(count: int) -> list[Event]:
+    ids = IdGenerator()
+    events = []
+    for n in range(count):
+        event_id, created = ids.new()
+        data = {
+            "event": "insert-rows",
+            "actor_id": "root",
+            "database_name": "s",
+            "table_name": "t",
+            "properties": json.dumps({"num_rows": 1, "ignore": False, "replace": False, "n": n}),
+        }
+        events.append(Event(event_id, "datasette_events", "bench", created, data))
+    return events
+
+
+def count_rows(receiver: DatasetteReceiver, table: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{receiver.path}?mode=ro", uri=True) as connection:
+        try:
+            return connection.execute(f'select count(*) from "{table}"').fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+async def raw_ingest(receiver: DatasetteReceiver, events: list[Event]) -> float:
+    """Rows/s for one keep-alive client posting 100-row batches to /-/insert."""
+    headers = {"Authorization": f"Bearer {receiver.token}", "content-type": "application/json"}
+    async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+        first = b'{"table":"raw","pk":"id","rows":[' + events[0].row_json() + b"]}"
+        await client.post(f"{receiver.db_url}/-/create", content=first)
+        started = time.perf_counter()
+        for start in range(1, len(events), 100):
+            rows = b",".join(event.row_json() for event in events[start : start + 100])
+            response = await client.post(
+                f"{receiver.db_url}/raw/-/insert", content=b'{"rows":[' + rows + b"]}"
+            )
+            assert response.status_code == 201, response.text
+        return (len(events) - 1) / (time.perf_counter() - started)
+
+
+async def delivery(
+    directory: Path, receiver: DatasetteReceiver, events: list[Event], batch_limit: int
+) -> float:
+    """Events/s the plugin delivers from a pre-filled outbox to the receiver."""
+    table = f"delivered_{batch_limit}"
+    events = [Event(e.id, table, e.instance, e.created, e.data) for e in events]
+    internal = directory / f"delivery-{batch_limit}-internal.db"
+    outbox = SQLiteOutbox(internal)
+    await outbox.open(["datasette"])
+    await outbox.append(events, ["datasette"])
+    await outbox.close()
+    plugin = {
+        "api_url": f"{receiver.db_url}/-/create",
+        "api_token": receiver.token,
+        "max_rate": None,
+        "batch_limit": batch_limit,
+        "table": table,
+    }
+    server = sender(directory, f"delivery-{batch_limit}", plugin, internal)
+    server.start()
+    try:
+        first_seen = None
+        while True:
+            rows = count_rows(receiver, table)
+            now = time.perf_counter()
+            if first_seen is None and rows:
+                first_seen = (now, rows)
+            if rows >= len(events):
+                break
+            await asyncio.sleep(0.01)
+        assert first_seen is not None
+        return (rows - first_seen[1]) / (now - first_seen[0])
+    finally:
+        server.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--events", type=int, default=50_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        with DatasetteReceiver(directory=directory / "receiver") as receiver:
+            plugin_on = {"api_url": f"{receiver.db_url}/-/create", "api_token": receiver.token}
+            off = sender(directory, "off", {}, directory / "off-internal.db")
+            on = sender(directory, "on", plugin_on, directory / "on-internal.db")
+            results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+            for server in (off, on):
+                server.start()
+            try:
+                for _ in range(args.rounds):
+                    for name, server in (("off", off), ("on", on)):
+                        results[name].append(await drive(server, args.requests))
+            finally:
+                off.close()
+                on.close()
+            rate = {name: statistics.median(r[0] for r in runs) for name, runs in results.items()}
+            p50 = {name: statistics.median(r[1] for r in runs) for name, runs in results.items()}
+            print(f"sender, {args.rounds} rounds of {args.requests} single-row inserts each:")
+            for name in ("off", "on"):
+                print(f"  plugin {name:3}: {rate[name]:7.1f} requests/s   p50 {p50[name]:.2f} ms")
+            print(
+                f"  on ÷ off: {rate['on'] / rate['off']:.3f}   "
+                f"p50 difference: {p50['on'] - p50['off']:+.2f} ms"
+            )
+            forwarded = count_rows(receiver, "datasette_events")
+            print(f"  (forwarded so far: {forwarded} events)")
+
+        with DatasetteReceiver(directory=directory / "receiver2") as receiver:
+            events = make_events(args.events)
+            raw = await raw_ingest(receiver, events)
+            print(f"delivery of {args.events} events (max_rate unlimited, 100 rows a request):")
+            print(f"  receiver raw ingest:        {raw:8.0f} rows/s (keep-alive client)")
+            for batch_limit in (100, 1000):
+                delivered = await delivery(directory, receiver, events, batch_limit)
+                print(
+                    f"  plugin, batch_limit {batch_limit:4}: {delivered:8.0f} events/s "
+                    f"= {delivered / raw:.3f} of raw"
+                )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
