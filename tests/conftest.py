@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
+from eventsink.testing import wait_until  # noqa: F401  # re-exported for the tests
 from eventsink.testing.receiver import DatasetteReceiver
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02):
-    """Return ``predicate()``'s first truthy value, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")

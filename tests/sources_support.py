@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+from eventsink.testing import wait_until  # re-exported
+from eventsink.testing.receiver import free_port
+
 DATASETTE = str(Path(sys.executable).with_name("datasette"))
 EVENTSINK_CLI = [sys.executable, "-c", "from eventsink.cli import cli; cli()"]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.02):
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -17,8 +17,7 @@ from eventsink.event import Event
 from eventsink.ids import IdGenerator
 from eventsink.outbox import Failure, MemoryOutbox
 from eventsink.sqlite_outbox import SQLiteOutbox
-
-from .helpers import wait_until
+from eventsink.testing import wait_until
 
 
 def make_events(count: int) -> list[Event]:
