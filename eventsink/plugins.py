@@ -21,6 +21,8 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "stdout": "eventsink.sinks.stdout",
     "file": "eventsink.sinks.file",
     "null": "eventsink.sinks.null",
+    "nats": "eventsink.sinks.nats",
+    "sqlite": "eventsink.sinks.sqlite",
 }
 
 
