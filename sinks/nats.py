@@ -160,20 +160,11 @@ class NatsSink(Sink):
 
         if self._nc is None or self._nc.is_closed:
             await self.open()
-        js, stream, timeout = self._js, self.config["stream"], self.config["timeout"]
+        stream = self.config["stream"]
         futures: list[asyncio.Future[Any]] = []
         try:
-            for event in batch:
-                futures.append(
-                    await js.publish_async(
-                        self.subject_for(event),
-                        event.to_json(),
-                        wait_stall=timeout,
-                        stream=stream,
-                        headers={"Nats-Msg-Id": event.id},
-                    )
-                )
-            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+            # One deadline for the whole batch (a wait_for per publish would cost a task each).
+            acks = await asyncio.wait_for(self._publish(batch, futures), self.config["timeout"])
         except nats.js.errors.APIError as error:
             if error.err_code == _TOO_BIG:
                 raise PermanentError(f"stream {stream!r}: {error.description}") from None
@@ -193,6 +184,19 @@ class NatsSink(Sink):
         duplicates = sum(1 for ack in acks if ack.duplicate)
         if duplicates:
             logger.debug("eventsink nats: %d duplicate(s) dropped by JetStream", duplicates)
+
+    async def _publish(self, batch: Sequence[Event], futures: list[asyncio.Future[Any]]) -> Any:
+        """Publish every event without waiting, then wait for all the acks together."""
+        js, stream = self._js, self.config["stream"]
+        for event in batch:
+            futures.append(
+                await js.publish_async(
+                    self.subject_for(event),
+                    event.to_json(),
+                    headers={"Nats-Msg-Id": event.id, "Nats-Expected-Stream": stream},
+                )
+            )
+        return await asyncio.gather(*futures)
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
