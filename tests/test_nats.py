@@ -378,8 +378,14 @@ class TestConsume:
                 return (0, 0)
 
     def stop(self, process: subprocess.Popen[bytes]) -> str:
+        """SIGTERM a worker and return its stderr; a worker that hangs is killed, never leaked."""
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
         assert process.returncode == 0, stderr.decode()
         return stderr.decode()
 
@@ -399,7 +405,13 @@ class TestConsume:
             await async_wait_until(_true_after(lambda: self.rows(db)[0] >= 10_000), timeout=120)
             await async_wait_until(lambda: self.consumer_idle(server), timeout=30)
         finally:
-            outputs = [self.stop(worker) for worker in workers]
+            try:
+                outputs = [self.stop(worker) for worker in workers]
+            finally:
+                for worker in workers:
+                    if worker.poll() is None:
+                        worker.kill()
+                        worker.communicate()
         assert self.rows(db) == (10_000, 10_000)
         delivered = [int(out.rsplit("delivered ", 1)[1].split()[0]) for out in outputs]
         assert all(count > 0 for count in delivered), delivered  # both did a share
