@@ -113,7 +113,7 @@ async def connect(config: dict[str, Any], *, name: str) -> Any:
     async def on_error(error: Exception) -> None:
         # nats-py reports every failed (re)connect here; one line each, never the credentials.
         errors.append(error)
-        del errors[:-1]
+        del errors[:-10]  # reconnects go on forever: keep only the recent ones
         logger.warning("eventsink NATS connection %r: %s", name, type(error).__name__)
 
     kwargs: dict[str, Any] = {
@@ -138,7 +138,10 @@ async def connect(config: dict[str, Any], *, name: str) -> Any:
     try:
         nc = await nats.connect(**kwargs)
     except Exception as error:
-        cause = errors[-1] if errors else error
+        # The server may reset the socket right after refusing the credentials: a refusal seen
+        # on any attempt decides.
+        refused = [e for e in errors if "authorization" in f"{type(e).__name__} {e}".lower()]
+        cause = refused[0] if refused else (errors[-1] if errors else error)
         raise classify(cause, f"cannot connect to {describe_servers(config['servers'])}") from None
     nc.options["max_reconnect_attempts"] = -1
     return nc

@@ -140,18 +140,32 @@ class MessageOutbox(Outbox):
     async def dead_letter(self, sink: str, leased: Leased, failure: Failure) -> None:
         if self.dead_letter_subject:
             # Published (and acked by JetStream) before the originals are termed: never lost.
-            for message in leased.handles:
-                await self.js.publish(
+            try:
+                await self._republish(leased, failure)
+            except Exception as error:
+                logger.error(
+                    "eventsink consume: cannot republish %d dead letter(s) to %r (%s); they "
+                    "are left in the stream for redelivery",
+                    len(leased.handles),
                     self.dead_letter_subject,
-                    message.data,
-                    headers={
-                        "Nats-Msg-Id": f"dead-{message.headers.get('Nats-Msg-Id', '')}",
-                        "Eventsink-Error": failure.message[:500],
-                    },
+                    type(error).__name__,
                 )
+                await self.release(sink, leased)
+                return
         for message in leased.handles:
             await message.term()
         self.dead += len(leased.handles)
+
+    async def _republish(self, leased: Leased, failure: Failure) -> None:
+        for message in leased.handles:
+            await self.js.publish(
+                self.dead_letter_subject,
+                message.data,
+                headers={
+                    "Nats-Msg-Id": f"dead-{message.headers.get('Nats-Msg-Id', '')}",
+                    "Eventsink-Error": failure.message[:500],
+                },
+            )
 
     async def drop_oldest(self, sink: str, count: int) -> list[Event]:
         return []
