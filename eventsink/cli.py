@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from .cli_consume import consume
 from .cli_pull import pull, sources
 from .cli_replay import replay
 from .cli_send import send
@@ -38,3 +39,4 @@ cli.add_command(replay)
 cli.add_command(sinks)
 cli.add_command(pull)
 cli.add_command(sources)
+cli.add_command(consume)

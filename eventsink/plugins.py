@@ -25,6 +25,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "sqlite": "eventsink.sinks.sqlite",
     "source_jsonl": "eventsink.sources.jsonl",
     "source_datasette": "eventsink.sources.datasette",
+    "nats": "eventsink.sinks.nats",
 }
 
 

@@ -81,6 +81,37 @@ def _tables(path: Path) -> set[str]:
         return {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
 
 
+class TestNatsSinkContract(SinkContract):
+    """The NATS sink keeps the contract against a real JetStream: a repeat is deduplicated."""
+
+    sink_type = "nats"
+
+    @pytest.fixture
+    def server(self, tmp_path: Path):
+        from .test_nats import NATS_SERVER, NatsServer
+
+        if NATS_SERVER is None:
+            pytest.skip("nats-server is not installed (apt-get install nats-server)")
+        running = NatsServer(tmp_path / "jetstream")
+        running.start()
+        yield running
+        running.stop()
+
+    @pytest.fixture
+    def make_sink(self, server: Any):
+        from .test_nats import sink_for
+
+        return lambda: sink_for(server)
+
+    @pytest.fixture
+    def read_stored(self, server: Any):
+        import asyncio
+
+        from .test_nats import stream_records
+
+        return lambda: asyncio.run(stream_records(server.url))
+
+
 class TestSQLiteSinkContract(SinkContract):
     """The sqlite sink keeps the contract, idempotent by id."""
 
