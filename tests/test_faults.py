@@ -74,6 +74,12 @@ class Sender:
                 )
                 assert response.status_code == 201, response.text
 
+    def status(self) -> dict[str, Any]:
+        """The plugin's ``/-/eventsink.json`` status of the ``datasette`` sink."""
+        response = httpx.get(f"{self.server.url}/-/eventsink.json", headers=self.headers)
+        response.raise_for_status()
+        return response.json()["sinks"]["datasette"]
+
     def kill(self) -> None:
         """``kill -9``: no shutdown hook runs, nothing is flushed."""
         process = self.server.process
@@ -338,7 +344,8 @@ class TestWrongToken:
         names = [f"w{n:02}" for n in range(30)]
         with sender.server:
             sender.create_tables(names)
-            wait_until(lambda: any(row["last_error"] for row in sender.outbox()), 10)
+            status = wait_until(lambda: (s := sender.status())["paused"] and s, 10)
+            assert status["last_error"]["status"] in (401, 403)
             # shutdown tries to flush for 5 s, then leaves the events in the outbox
         kept = sender.outbox()
         assert len(kept) == 30 and sender.dead_letters() == []
