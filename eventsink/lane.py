@@ -106,6 +106,16 @@ class Lane:
         self._log = LogThrottle(60.0)
         self.opened = False
 
+    @property
+    def label(self) -> str:
+        """How logs name this lane: its name, and where it delivers when that says more."""
+        target = self.sink.describe()
+        return repr(self.name) if target == self.name else f"{self.name!r} ({target})"
+
+    @property
+    def paused(self) -> bool:
+        return self.stats.paused is not None
+
     # -- signals from the pipeline ---------------------------------------------------------
 
     @property
@@ -335,9 +345,8 @@ class Lane:
             delay = max(settings.pause_interval, retry_after or 0)
             self.stats.paused = failure.message
             logger.error(
-                "eventsink sink %r (%s) is paused: %s. %d event(s) kept; retrying in %.0fs",
-                self.name,
-                self.sink.describe(),
+                "eventsink sink %s is paused: %s. %d event(s) kept; retrying in %.0fs",
+                self.label,
                 failure.message,
                 len(leased.events),
                 delay,
@@ -364,9 +373,8 @@ class Lane:
         more = f" ({suppressed} more failed attempts since the last message)" if suppressed else ""
         if isinstance(error, DeliveryError):
             logger.warning(
-                "eventsink sink %r (%s) failed, attempt %d: %s; retrying in %.1fs%s",
-                self.name,
-                self.sink.describe(),
+                "eventsink sink %s failed, attempt %d: %s; retrying in %.1fs%s",
+                self.label,
                 failure.attempts,
                 failure.message,
                 delay,
@@ -398,12 +406,11 @@ class Lane:
         }
         self._finish(count)
         logger.error(
-            "eventsink sink %r (%s) rejected %d event(s) permanently: %s. They are in the "
-            "dead-letter store; fix the cause, then replay them (eventsink replay --dead)",
-            self.name,
-            self.sink.describe(),
+            "eventsink sink %s rejected %d event(s) permanently: %s. %s",
+            self.label,
             count,
             failure.message,
+            self.outbox.dead_letter_hint,
         )
         for result in self.hooks.eventsink_send_error(
             sink=self.name, batch=leased.events, error=error, final=True

@@ -110,6 +110,14 @@ class MessageOutbox(Outbox):
     durable = True
 
     def __init__(self, js: Any, dead_letter_subject: str | None) -> None:
+        if dead_letter_subject:
+            self.dead_letter_hint = (
+                f"They were republished to {dead_letter_subject!r} and terminated in the stream."
+            )
+        else:
+            self.dead_letter_hint = (
+                "They were terminated in the stream (set dead_letter_subject to keep them)."
+            )
         self.js = js
         self.dead_letter_subject = dead_letter_subject
         self.acked = 0

@@ -89,6 +89,10 @@ class Outbox(ABC):
     durable: bool = False
     #: ``max_events`` when the configuration gives none.
     default_max_events: int = 100_000
+    #: What the log says to do about dead-lettered events.
+    dead_letter_hint: str = (
+        "They are in the dead-letter store: fix the cause, then replay them (eventsink replay)."
+    )
 
     @abstractmethod
     async def open(self, sinks: Sequence[str]) -> dict[str, SinkBacklog]:

@@ -279,10 +279,11 @@ class Pipeline:
 
     # -- flushing and closing --------------------------------------------------------------
 
-    async def flush(self, timeout: float | None = None) -> bool:
+    async def flush(self, timeout: float | None = None, *, unless_paused: bool = False) -> bool:
         """Wait until every event accepted so far is delivered or dead-lettered.
 
-        Returns ``False`` if ``timeout`` seconds passed first (the events stay in the outbox).
+        Returns ``False`` if ``timeout`` seconds passed first (the events stay in the outbox),
+        or, with ``unless_paused``, as soon as every sink still owing events is paused.
         """
         assert self._progress is not None and self._wake is not None
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -292,11 +293,17 @@ class Pipeline:
         for lane in self.lanes.values():
             lane.start_flush()
         try:
-            while any(lane.settled < targets[name] for name, lane in self.lanes.items()):
+            while owing := [
+                lane for name, lane in self.lanes.items() if lane.settled < targets[name]
+            ]:
+                if unless_paused and all(lane.paused for lane in owing):
+                    return False
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._progress.clear()
+                if unless_paused:  # a lane pausing does not signal progress: look again soon
+                    remaining = 0.1 if remaining is None else min(remaining, 0.1)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._progress.wait(), remaining)
             return True
@@ -316,7 +323,9 @@ class Pipeline:
         self.intake.close()
         if self._loop is None:
             return len(self.intake)
-        delivered_all = await self.flush(timeout)
+        # A paused sink (e.g. a refused token) delivers nothing until a person acts: waiting
+        # out the timeout for it would only delay shutdown; its events stay in the outbox.
+        delivered_all = await self.flush(timeout, unless_paused=True)
         await self._append_buffered()  # whatever is still buffered must reach the outbox
         for lane in self.lanes.values():
             lane.stop()

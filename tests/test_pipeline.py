@@ -186,6 +186,19 @@ class TestRetries:
         assert "is paused: token lacks insert-row" in caplog.text
 
 
+    def test_close_does_not_wait_out_its_timeout_for_a_paused_sink(self):
+        client = make_client(batch_limit=1, flush_interval=0, pause_interval=60)
+        sink_of(client).script = [SinkPausedError("token refused", status=401)]
+        client.write("t", {"n": 1})
+        deadline = time.monotonic() + 5
+        while client.status()["sinks"]["recording"]["paused"] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert client.close(timeout=120) == 1  # kept, not delivered, not lost
+        assert time.monotonic() - started < 60  # it gave up on the paused sink at once
+
+
 class TestHooks:
     """Enrich hooks chain in order, filter hooks drop, lifecycle hooks fire."""
 
