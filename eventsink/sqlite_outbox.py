@@ -7,6 +7,9 @@ What survives what:
   completes; ``Client.write`` returns as soon as the event is queued for the next commit and
   ``Client.flush`` waits for delivery). Batches leased by a dead process are reclaimed when
   the next process opens the outbox.
+* **Acknowledged deliveries**: the delete of a confirmed batch joins the next transaction (at
+  most ``ACK_DELAY`` later) instead of costing a commit of its own. A crash in that window
+  means the batch is delivered again, which the ULID keys make harmless.
 * **A power loss or OS crash**: with ``durability: normal`` (``synchronous=NORMAL`` in WAL
   mode) the last commits before the loss may be rolled back; the database is never corrupted.
   ``durability: fsync`` (``synchronous=FULL``) fsyncs every commit and loses nothing committed,
@@ -72,6 +75,7 @@ create index if not exists eventsink_dead_letters_sink on eventsink_dead_letters
 _COLUMNS = "id, table_name, instance, created, data"
 _CHUNK = 500  # rows per "in (...)" statement, well under SQLite's parameter limit
 LEASE_SECONDS = 300.0
+ACK_DELAY = 0.01  # seconds an acked row may wait for its delete to join another transaction
 
 
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> list[Sequence[T]]:
@@ -192,6 +196,8 @@ class SQLiteOutbox(Outbox):
         self._host = socket.gethostname()
         self.owner = f"{self._host}:{os.getpid()}:{secrets.token_hex(4)}"
         self._last_reclaim = time.monotonic()
+        self._acked: list[int] = []  # confirmed rows whose delete rides the next transaction
+        self._ack_flush: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<SQLiteOutbox {self.path or self.runner!r}>"
@@ -219,7 +225,7 @@ class SQLiteOutbox(Outbox):
                 )
             _release_expired(connection, time.time())
 
-        await self.runner.run(prepare)
+        await self._run(prepare)
         return await self.backlog()
 
     async def append(
@@ -246,7 +252,7 @@ class SQLiteOutbox(Outbox):
                     handles[sink] = list(range(last - len(values) + 1, last + 1))
             return handles
 
-        handles = await self.runner.run(insert)
+        handles = await self._run(insert)
         return {sink: Leased(list(events), seqs) for sink, seqs in handles.items()}
 
     async def lease(self, sink: str, limit: int) -> Leased | None:
@@ -268,7 +274,7 @@ class SQLiteOutbox(Outbox):
                 [owner, now + lease_seconds, sink, limit],
             ).fetchall()
 
-        rows = await self.runner.run(take)
+        rows = await self._run(take)
         if not rows:
             return None
         rows.sort(key=lambda row: row[0])  # RETURNING gives no order guarantee
@@ -284,10 +290,42 @@ class SQLiteOutbox(Outbox):
             for chunk in _chunks(handles):
                 connection.execute(sql.format(marks=_marks(len(chunk))), [*params, *chunk])
 
-        await self.runner.run(apply)
+        await self._run(apply)
 
     async def ack(self, sink: str, leased: Leased) -> None:
-        await self._by_handles("delete from eventsink_outbox where seq in ({marks})", leased)
+        # The delete is deferred and folded into the next transaction (at most ACK_DELAY
+        # later): a crash in between only means a redelivery, which the ids make harmless,
+        # and it saves a commit per batch.
+        self._acked.extend(leased.handles)
+        if self._ack_flush is None:
+            self._ack_flush = asyncio.ensure_future(self._flush_acks_later())
+
+    async def _flush_acks_later(self) -> None:
+        try:
+            while self._acked:  # acks that arrive during a flush are flushed too
+                await asyncio.sleep(ACK_DELAY)
+                await self._run(lambda connection: None)
+        finally:
+            self._ack_flush = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a transaction that first deletes the acked rows."""
+        acked, self._acked = self._acked, []
+        if not acked:
+            return await self.runner.run(fn)
+
+        def delete_acked_then(connection: sqlite3.Connection) -> T:
+            for chunk in _chunks(acked):
+                connection.execute(
+                    f"delete from eventsink_outbox where seq in ({_marks(len(chunk))})", chunk
+                )
+            return fn(connection)
+
+        try:
+            return await self.runner.run(delete_acked_then)
+        except BaseException:
+            self._acked[:0] = acked  # not deleted: try again with the next transaction
+            raise
 
     async def record_failure(self, sink: str, leased: Leased, failure: Failure) -> None:
         await self._by_handles(
@@ -329,7 +367,7 @@ class SQLiteOutbox(Outbox):
                 )
                 connection.execute(f"delete from eventsink_outbox where seq in ({marks})", chunk)
 
-        await self.runner.run(move)
+        await self._run(move)
 
     async def drop_oldest(self, sink: str, count: int) -> list[Event]:
         def drop(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
@@ -345,7 +383,7 @@ class SQLiteOutbox(Outbox):
                 )
             return rows
 
-        rows = await self.runner.run(drop)
+        rows = await self._run(drop)
         return [Event(row[1], row[2], row[3], row[4], data_json=row[5]) for row in rows]
 
     async def replay(
@@ -379,7 +417,7 @@ class SQLiteOutbox(Outbox):
             connection.execute(f"delete from eventsink_dead_letters where {condition}", params)
             return counts
 
-        return await self.runner.run(move)
+        return await self._run(move)
 
     async def backlog(self) -> dict[str, SinkBacklog]:
         def read(connection: sqlite3.Connection) -> dict[str, SinkBacklog]:
@@ -406,7 +444,7 @@ class SQLiteOutbox(Outbox):
                 result.setdefault(sink, SinkBacklog()).dead_letters = count
             return result
 
-        return await self.runner.run(read)
+        return await self._run(read)
 
     async def dead_letters(self, sink: str | None = None, limit: int = 100) -> list[DeadLetter]:
         def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
@@ -423,7 +461,7 @@ class SQLiteOutbox(Outbox):
                 Event(row[1], row[2], row[3], row[4], data_json=row[5]),
                 Failure(row[7] or "", row[6], row[8] or 0, row[9] or 0.0, row[10] or 0.0),
             )
-            for row in await self.runner.run(read)
+            for row in await self._run(read)
         ]
 
     async def close(self) -> None:
@@ -436,7 +474,9 @@ class SQLiteOutbox(Outbox):
                 [owner],
             )
 
+        if self._ack_flush is not None:
+            self._ack_flush.cancel()
         try:
-            await self.runner.run(release_all)
+            await self._run(release_all)
         finally:
             await self.runner.close()

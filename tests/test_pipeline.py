@@ -185,7 +185,6 @@ class TestRetries:
             assert client.status()["sinks"]["recording"]["paused"] is None
         assert "is paused: token lacks insert-row" in caplog.text
 
-
     def test_close_does_not_wait_out_its_timeout_for_a_paused_sink(self):
         client = make_client(batch_limit=1, flush_interval=0, pause_interval=60)
         sink_of(client).script = [SinkPausedError("token refused", status=401)]

@@ -58,6 +58,15 @@ class TestOutboxContract:
         assert [e.id for e in again.events] == [e.id for e in events[10:]]
         await outbox.close()
 
+    async def test_every_ack_is_kept_across_later_leases(self, outbox):
+        await outbox.open(["a"])
+        await outbox.append(make_events(30), ["a"])
+        for _ in range(3):
+            await outbox.ack("a", await outbox.lease("a", 10))
+        backlog = (await outbox.backlog()).get("a")
+        assert backlog is None or (backlog.pending, backlog.in_flight) == (0, 0)
+        await outbox.close()
+
     async def test_append_with_lease_returns_the_rows(self, outbox):
         await outbox.open(["a"])
         events = make_events(5)
