@@ -50,7 +50,8 @@ async def read_status(path: str) -> dict[str, Any]:
         if "eventsink_outbox" not in tables:
             return None
         retrying = connection.execute(
-            "select sink, max(attempts), min(first_failure), max(last_error) "
+            "select sink, max(attempts), min(first_failure), max(last_error), "
+            "max(last_status), max(paused) "
             "from eventsink_outbox where attempts > 0 group by sink"
         ).fetchall()
         dead = connection.execute(
@@ -80,11 +81,13 @@ async def read_status(path: str) -> dict[str, Any]:
             "bytes": held.bytes,
             "dead_letters": held.dead_letters,
             # A batch failing now: retried with back-off, or paused (e.g. a refused token)
-            # until someone acts; the running process's own status tells which.
+            # until someone acts.
             "failing": {
                 "attempts": retry[1],
                 "since": retry[2],
                 "last_error": retry[3],
+                "status": retry[4],
+                "paused": bool(retry[5]),
             }
             if retry
             else None,
@@ -143,12 +146,15 @@ def render(report: dict[str, Any]) -> str:
     failing = {name: sink["failing"] for name, sink in report["sinks"].items() if sink["failing"]}
     if failing:
         lines.append("")
-        lines.append("Failing now (retried, or paused until the cause is fixed):")
+        lines.append("Failing now:")
         now = time.time()
         for name, state in failing.items():
             since = _when(now - state["since"]) if state["since"] else "?"
+            how = "PAUSED until the cause is fixed" if state["paused"] else "retrying"
+            status = f" [{state['status']}]" if state["status"] is not None else ""
             lines.append(
-                f"  {name}: {state['attempts']} attempt(s) over {since}: {state['last_error']}"
+                f"  {name}: {how}, {state['attempts']} attempt(s) over {since}{status}: "
+                f"{state['last_error']}"
             )
     if report["dead_letters"]:
         lines.append("")

@@ -197,29 +197,52 @@ class Lane:
     async def run(self) -> None:
         """Deliver until stopped."""
         limit = self.settings.batch_limit
+        # While a backlog is drained, the next batch is leased during the current send, so
+        # the outbox round trip overlaps the receiver's instead of adding to it.
+        ahead: asyncio.Future[Leased | None] | None = None
         try:
             while not self._stop.is_set():
-                await self._wait_for_batch()
-                if self._stop.is_set():
-                    break
-                if self.pending:  # older events first
-                    leased = await self.outbox.lease(self.name, limit)
-                    if leased is None:
-                        self.pending = 0
-                    else:
-                        self.pending = max(0, self.pending - len(leased.events))
-                elif self._hot:
-                    leased = self.take_hot(limit)
+                if ahead is None:
+                    await self._wait_for_batch()
+                    if self._stop.is_set():
+                        break
+                    leased = await self._next_batch(limit)
                 else:
-                    continue
+                    leased, ahead = await ahead, None
                 if self.available == 0:
                     self._first_pending_at = None
-                if leased is not None:
-                    await self.deliver(leased)
+                if leased is None:
+                    continue
+                if self.pending >= limit:
+                    ahead = asyncio.ensure_future(self._lease_backlog(limit))
+                await self.deliver(leased)
         finally:
-            while self._hot:
-                await self.outbox.release(self.name, self._hot.popleft())
-            self._hot_count = 0
+            await self._give_back(ahead)
+
+    async def _lease_backlog(self, limit: int) -> Leased | None:
+        leased = await self.outbox.lease(self.name, limit)
+        self.pending = 0 if leased is None else max(0, self.pending - len(leased.events))
+        return leased
+
+    async def _next_batch(self, limit: int) -> Leased | None:
+        if self.pending:  # older events first
+            return await self._lease_backlog(limit)
+        if self._hot:
+            return self.take_hot(limit)
+        return None
+
+    async def _give_back(self, ahead: asyncio.Future[Leased | None] | None) -> None:
+        """Return what this lane holds but did not send (the outbox's close frees the rest)."""
+        if ahead is not None:
+            if ahead.done() and not ahead.cancelled() and ahead.exception() is None:
+                leased = ahead.result()
+                if leased is not None:
+                    await self.outbox.release(self.name, leased)
+            else:
+                ahead.cancel()
+        while self._hot:
+            await self.outbox.release(self.name, self._hot.popleft())
+        self._hot_count = 0
 
     async def _wait_for_batch(self) -> None:
         """Return when a batch should be leased: full, old enough, flushing, or polling."""
@@ -314,6 +337,7 @@ class Lane:
             attempts=leased.attempts,
             first_failure=leased.first_failure or now,
             last_failure=now,
+            paused=isinstance(error, SinkPausedError),
         )
 
     async def _retry_later(self, leased: Leased, error: Exception) -> bool:

@@ -300,7 +300,8 @@ class JetStreamConsumer:
             return []
 
     async def _deliver(self, messages: list[Any]) -> None:
-        assert self.lane is not None
+        if self.lane is None:
+            raise RuntimeError("the consumer is not running")
         events, handles, poison = [], [], []
         for message in messages:
             try:

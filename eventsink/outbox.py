@@ -53,6 +53,7 @@ class Failure:
     attempts: int = 1
     first_failure: float = field(default_factory=time.time)
     last_failure: float = field(default_factory=time.time)
+    paused: bool = False  # the sink paused itself (a refused token): a person must act
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,12 @@ class Pipeline:
             self._lane_tasks.append(self._spawn(lane.run()))
         self.started_at = time.time()
 
+    @staticmethod
+    def _started_event(event: asyncio.Event | None) -> asyncio.Event:
+        if event is None:
+            raise RuntimeError("the pipeline has not been started: await pipeline.start() first")
+        return event
+
     def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
@@ -219,11 +225,11 @@ class Pipeline:
 
     async def _writer(self) -> None:
         """Move accepted events from the intake into the outbox, one commit per group."""
-        assert self._wake is not None
+        wake = self._started_event(self._wake)
         while True:
             if not len(self.intake):
-                await self._wake.wait()
-            self._wake.clear()
+                await wake.wait()
+            wake.clear()
             await self._append_buffered()
 
     async def _append_buffered(self) -> None:
@@ -285,11 +291,11 @@ class Pipeline:
         Returns ``False`` if ``timeout`` seconds passed first (the events stay in the outbox),
         or, with ``unless_paused``, as soon as every sink still owing events is paused.
         """
-        assert self._progress is not None and self._wake is not None
+        progress = self._started_event(self._progress)
+        self._started_event(self._wake).set()
         deadline = None if timeout is None else time.monotonic() + timeout
         accepted = self.intake.accepted
         targets = {name: self._restored[name] + accepted for name in self.lanes}
-        self._wake.set()
         for lane in self.lanes.values():
             lane.start_flush()
         try:
@@ -301,11 +307,11 @@ class Pipeline:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._progress.clear()
+                progress.clear()
                 if unless_paused:  # a lane pausing does not signal progress: look again soon
                     remaining = 0.1 if remaining is None else min(remaining, 0.1)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), remaining)
+                    await asyncio.wait_for(progress.wait(), remaining)
             return True
         finally:
             for lane in self.lanes.values():

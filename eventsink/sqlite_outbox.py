@@ -51,7 +51,9 @@ create table if not exists eventsink_outbox (
     lease_owner text,
     lease_until real,
     first_failure real,
-    last_error text
+    last_error text,
+    last_status integer,
+    paused integer not null default 0
 );
 create index if not exists eventsink_outbox_unleased on eventsink_outbox (sink, seq)
     where lease_owner is null;
@@ -330,11 +332,13 @@ class SQLiteOutbox(Outbox):
     async def record_failure(self, sink: str, leased: Leased, failure: Failure) -> None:
         await self._by_handles(
             "update eventsink_outbox set attempts = ?, first_failure = ?, last_error = ?, "
-            "lease_until = ? where seq in ({marks})",
+            "last_status = ?, paused = ?, lease_until = ? where seq in ({marks})",
             leased,
             failure.attempts,
             failure.first_failure,
             failure.message,
+            failure.status,
+            int(failure.paused),
             time.time() + self.lease_seconds,
         )
 

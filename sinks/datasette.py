@@ -263,7 +263,8 @@ class DatasetteSink(Sink):
         raise self._error(response, message, table, action)
 
     async def _post(self, url: str, body: bytes) -> httpx.Response:
-        assert self._client is not None
+        if self._client is None:
+            raise RuntimeError("the datasette sink is not open")
         try:
             response = await self._client.post(url, content=body, headers=_JSON_HEADERS)
         except httpx.TimeoutException as error:

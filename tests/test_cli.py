@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from eventsink.cli import cli
+from eventsink.event import Event
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -176,6 +177,36 @@ class TestDeadLetters:
         report = json.loads(run("status", "--json").output)
         assert report["totals"] == {"pending": 2, "in_flight": 0, "dead_letters": 0}
         assert run("replay", "--since", "yesterday").exit_code == 2
+
+    def test_status_tells_a_paused_sink_from_a_retrying_one(self, run, tmp_path):
+        import asyncio
+
+        from eventsink.ids import IdGenerator
+        from eventsink.outbox import Failure
+        from eventsink.sqlite_outbox import SQLiteOutbox
+
+        async def fail_twice() -> None:
+            outbox = SQLiteOutbox(tmp_path / "outbox.db")
+            await outbox.open(["remote", "flaky"])
+            event_id, created = IdGenerator().new()
+            event = Event(event_id, "t", "i", created, {"n": 1})
+            await outbox.append([event], ["remote", "flaky"])
+            refused = Failure(
+                "403 from https://example.com/db: needs insert-row", 403, 3, paused=True
+            )
+            await outbox.record_failure("remote", await outbox.lease("remote", 10), refused)
+            busy = Failure("503 Service Unavailable", 503, 2)
+            await outbox.record_failure("flaky", await outbox.lease("flaky", 10), busy)
+            await outbox.runner.close()  # like a crash: the failures stay recorded
+
+        asyncio.run(fail_twice())
+        report = json.loads(run("status", "--json").output)
+        remote, flaky = report["sinks"]["remote"]["failing"], report["sinks"]["flaky"]["failing"]
+        assert (remote["paused"], remote["status"], remote["attempts"]) == (True, 403, 3)
+        assert (flaky["paused"], flaky["status"]) == (False, 503)
+        human = run("status").output
+        assert "remote: PAUSED until the cause is fixed, 3 attempt(s)" in human
+        assert "flaky: retrying, 2 attempt(s)" in human
 
     def test_status_of_a_missing_outbox(self, run, tmp_path):
         report = json.loads(run("status", "--json").output)
