@@ -257,6 +257,13 @@ DELIVERY_OPTIONS: tuple[Option, ...] = (
         minimum=1,
     ),
     Option("time_period", float, 1.0, "The period of max_rate, in seconds.", minimum=0.001),
+    Option(
+        "concurrency",
+        int,
+        1,
+        "Batches a sink may have in flight at once (each still paced by max_rate).",
+        minimum=1,
+    ),
     Option("retry_initial", float, 0.5, "First retry delay in seconds (then doubled).", minimum=0),
     Option("retry_max", float, 5.0, "Longest delay between two retries, seconds.", minimum=0),
     Option(
@@ -327,6 +334,7 @@ class DeliverySettings:
     flush_interval: float = 1.0
     max_rate: int | None = None
     time_period: float = 1.0
+    concurrency: int = 1
     retry_initial: float = 0.5
     retry_max: float = 5.0
     max_age: float | None = None

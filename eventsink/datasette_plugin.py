@@ -45,12 +45,14 @@ SHUTDOWN_TIMEOUT = 5.0
 #: Delivery defaults for the plugin when the configuration does not set them. The original
 #: plugin sent 10 events per request at most once every 10 s, capping delivery at 1 event/s;
 #: 100-row batches (the receiver's default max_insert_rows) at most 10 requests a second keep
-#: up with 1,000 events/s while using a few percent of the receiver's time.
+#: up with 1,000 events/s while using a few percent of the receiver's time. Two batches in
+#: flight let the next request reach the receiver while it answers the current one.
 PLUGIN_DEFAULTS: dict[str, Any] = {
     "batch_limit": 100,
     "flush_interval": 1.0,
     "max_rate": 10,
     "time_period": 1.0,
+    "concurrency": 2,
 }
 
 PLUGIN_OPTIONS = (

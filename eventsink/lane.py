@@ -195,29 +195,57 @@ class Lane:
         self.opened = True
 
     async def run(self) -> None:
-        """Deliver until stopped."""
+        """Deliver until stopped, with up to ``concurrency`` batches in flight."""
         limit = self.settings.batch_limit
-        # While a backlog is drained, the next batch is leased during the current send, so
-        # the outbox round trip overlaps the receiver's instead of adding to it.
-        ahead: asyncio.Future[Leased | None] | None = None
+        slots = asyncio.Semaphore(self.settings.concurrency)
+        sending: set[asyncio.Task[None]] = set()
+        leased: Leased | None = None
         try:
             while not self._stop.is_set():
-                if ahead is None:
-                    await self._wait_for_batch()
-                    if self._stop.is_set():
-                        break
-                    leased = await self._next_batch(limit)
-                else:
-                    leased, ahead = await ahead, None
+                # The next batch is leased before a send slot frees up, so the outbox round
+                # trip overlaps the sends in flight instead of adding to them.
+                await self._wait_for_batch()
+                if self._stop.is_set():
+                    break
+                leased = await self._next_batch(limit)
                 if self.available == 0:
                     self._first_pending_at = None
                 if leased is None:
                     continue
-                if self.pending >= limit:
-                    ahead = asyncio.ensure_future(self._lease_backlog(limit))
-                await self.deliver(leased)
+                await slots.acquire()
+                if self._stop.is_set():
+                    slots.release()
+                    break
+                task = asyncio.ensure_future(self._send_in_slot(leased, slots))
+                leased = None
+                sending.add(task)
+                task.add_done_callback(self._sent)
+                task.add_done_callback(sending.discard)
+        except asyncio.CancelledError:
+            for task in sending:
+                task.cancel()
+            raise
         finally:
-            await self._give_back(ahead)
+            if sending:  # each finishes its attempt, or gives its batch back when stopped
+                await asyncio.gather(*sending, return_exceptions=True)
+            if leased is not None:
+                await self.outbox.release(self.name, leased)
+            while self._hot:
+                await self.outbox.release(self.name, self._hot.popleft())
+            self._hot_count = 0
+
+    async def _send_in_slot(self, leased: Leased, slots: asyncio.Semaphore) -> None:
+        try:
+            await self.deliver(leased)
+        finally:
+            slots.release()
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Not a sink failure (those are handled in deliver): the outbox itself failed.
+            # The batch stays leased and returns when its lease expires or at the next start.
+            error = task.exception()
+            logger.error("eventsink sink %s: delivering a batch failed", self.label, exc_info=error)
 
     async def _lease_backlog(self, limit: int) -> Leased | None:
         leased = await self.outbox.lease(self.name, limit)
@@ -230,19 +258,6 @@ class Lane:
         if self._hot:
             return self.take_hot(limit)
         return None
-
-    async def _give_back(self, ahead: asyncio.Future[Leased | None] | None) -> None:
-        """Return what this lane holds but did not send (the outbox's close frees the rest)."""
-        if ahead is not None:
-            if ahead.done() and not ahead.cancelled() and ahead.exception() is None:
-                leased = ahead.result()
-                if leased is not None:
-                    await self.outbox.release(self.name, leased)
-            else:
-                ahead.cancel()
-        while self._hot:
-            await self.outbox.release(self.name, self._hot.popleft())
-        self._hot_count = 0
 
     async def _wait_for_batch(self) -> None:
         """Return when a batch should be leased: full, old enough, flushing, or polling."""
