@@ -87,6 +87,41 @@ class TestBatching:
             assert len(sink_of(client).delivered) == 1
 
 
+class TestConcurrency:
+    """At most ``concurrency`` batches are in flight at once, and every event arrives once."""
+
+    @pytest.mark.parametrize("concurrency", [1, 3])
+    def test_in_flight_never_exceeds_concurrency(self, concurrency):
+        import asyncio
+
+        class SlowSink(RecordingSink):
+            name = "slow"
+            in_flight = peak = 0
+
+            async def send(self, batch):
+                SlowSink.in_flight += 1
+                SlowSink.peak = max(SlowSink.peak, SlowSink.in_flight)
+                await asyncio.sleep(0.02)  # a receiver taking its time
+                SlowSink.in_flight -= 1
+                self.delivered.extend(batch)
+
+        class SlowPlugin:
+            @hookimpl
+            def eventsink_register_sinks(self):
+                return [SlowSink]
+
+        pm = make_plugin_manager()
+        pm.register(SlowPlugin())
+        with eventsink.Client(
+            sink="slow", pm=pm, outbox=":memory:", batch_limit=5, concurrency=concurrency
+        ) as client:
+            ids = [client.write("t", {"n": n}) for n in range(100)]
+            assert client.flush(10)
+            delivered = client.pipeline.sinks["slow"].delivered
+        assert sorted(e.id for e in delivered) == sorted(ids)
+        assert SlowSink.peak == concurrency
+
+
 class TestRateLimit:
     """max_rate sends per time_period, as a token bucket."""
 
