@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import eventsink
+from bench_pipeline import SAMPLE, through_client  # the same live measurement
+
 from eventsink.config import parse_config
 from eventsink.event import Event
 from eventsink.ids import IdGenerator
@@ -32,7 +33,6 @@ from eventsink.pipeline import Pipeline
 from eventsink.plugins import lookup, make_plugin_manager, sink_classes
 from eventsink.sqlite_outbox import SQLiteOutbox
 
-SAMPLE = {"path": "/db/table", "status": 200, "user": "ada", "bytes": 5120, "ok": True}
 SINK = "null"
 
 
@@ -53,21 +53,6 @@ async def appends_per_second(outbox: Outbox, events: list[Event], group: int) ->
     elapsed = time.perf_counter() - start
     await outbox.close()
     return len(events) / elapsed
-
-
-def live(events: int, outbox: str) -> float:
-    client = eventsink.Client(sink=SINK, outbox=outbox, batch_limit=100, instance="bench")
-    start = time.perf_counter()
-    for n in range(events):
-        client.write("requests", {**SAMPLE, "n": n})
-    if not client.flush(timeout=600):
-        raise SystemExit("flush timed out")
-    elapsed = time.perf_counter() - start
-    delivered = client.status()["sinks"][SINK]["delivered"]
-    client.close()
-    if delivered != events:
-        raise SystemExit(f"delivered {delivered} of {events}")
-    return events / elapsed
 
 
 async def backlog(outbox: Outbox, events: list[Event]) -> float:
@@ -126,8 +111,8 @@ def main() -> None:
                 f"{full / normal:>15.2f}"
             )
         print("\nevents/s to the null sink, batch 100  in-memory       SQLite  ÷ memory")
-        memory = live(args.events, ":memory:")
-        durable = live(args.events, str(next(paths)))
+        memory = through_client(args.events, ":memory:")
+        durable = through_client(args.events, str(next(paths)))
         print(row("live: write -> sink", memory, durable))
         memory = asyncio.run(backlog(MemoryOutbox(), events))
         durable = asyncio.run(backlog(SQLiteOutbox(next(paths)), events))

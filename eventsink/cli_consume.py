@@ -14,14 +14,13 @@ plus a ``consume`` block with the JetStream side (see
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
-from pathlib import Path
 from typing import Any
 
 import click
 
+from .cli_common import load_config_file
 from .config import Option, parse_config
 from .exceptions import ConfigError
 from .nats_source import JetStreamConsumer, consume_settings
@@ -29,22 +28,6 @@ from .plugins import lookup, make_plugin_manager, sink_classes
 from .sink import Sink
 
 logger = logging.getLogger("eventsink")
-
-
-def load_config_file(path: str) -> dict[str, Any]:
-    """A config dict from a JSON or (with PyYAML installed) YAML file."""
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        try:
-            import yaml
-        except ImportError:
-            raise click.UsageError("reading YAML needs PyYAML: pip install pyyaml") from None
-        loaded = yaml.safe_load(text)
-    else:
-        loaded = json.loads(text)
-    if not isinstance(loaded, dict):
-        raise click.UsageError(f"{path}: the configuration must be an object")
-    return loaded
 
 
 def build_consumer(config: dict[str, Any]) -> JetStreamConsumer:

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from .checkpoints import CheckpointStore
+from .cli_common import load_config_file
 from .config import parse_config
 from .exceptions import ConfigError, EventsinkError
 from .pipeline import Pipeline, default_outbox_path
@@ -37,21 +38,6 @@ def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
             raise click.UsageError(f"{flag} takes name=value, not {value!r}")
         pairs[name.strip()] = text
     return pairs
-
-
-def _load_config(path: str) -> dict[str, Any]:
-    text = Path(path).read_text()
-    if path.endswith((".yml", ".yaml")):
-        try:
-            import yaml
-        except ImportError:  # pragma: no cover - PyYAML comes with sqlite-utils' deps anyway
-            raise click.UsageError("reading YAML needs PyYAML (pip install pyyaml)") from None
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise click.UsageError(f"{path}: the configuration must be an object")
-    return data
 
 
 def _envvar(source: str, param: str) -> str:
@@ -214,7 +200,7 @@ def _pull(name: str, cls: type[DataSource], params: list[dict[str, Any]], kw: di
     if kw["config_file"]:
         if kw["sink"] or kw["sink_pairs"]:
             raise click.UsageError("give either --config or --sink/-o, not both")
-        config = _load_config(kw["config_file"])
+        config = load_config_file(kw["config_file"])
     else:
         config = {"sink": kw["sink"] or "sqlite", **_pairs(kw["sink_pairs"], "-o")}
     if kw["outbox"]:

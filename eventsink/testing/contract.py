@@ -55,6 +55,19 @@ def _run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
+def _send_batches(make_sink: Callable[[], Sink], *batches: Sequence[Event]) -> None:
+    """Open a new sink, send ``batches`` in turn, close it."""
+
+    async def scenario() -> None:
+        sink = make_sink()
+        await _open(sink)
+        for batch in batches:
+            await _send(sink, batch)
+        await _close(sink)
+
+    _run(scenario())
+
+
 async def _open(sink: Sink) -> None:
     await call_maybe_sync(sink.open)
 
@@ -147,13 +160,7 @@ class SinkContract:
         """Every event of a confirmed batch is stored."""
         batch = self.events()
 
-        async def scenario() -> None:
-            sink = make_sink()
-            await _open(sink)
-            await _send(sink, batch)
-            await _close(sink)
-
-        _run(scenario())
+        _send_batches(make_sink, batch)
         self.assert_stored(read_stored, batch)
 
     def test_delivers_successive_batches(
@@ -162,27 +169,14 @@ class SinkContract:
         """Several batches through one open sink are all stored."""
         batches = [self.events() for _ in range(3)]
 
-        async def scenario() -> None:
-            sink = make_sink()
-            await _open(sink)
-            for batch in batches:
-                await _send(sink, batch)
-            await _close(sink)
-
-        _run(scenario())
+        _send_batches(make_sink, *batches)
         self.assert_stored(read_stored, [event for batch in batches for event in batch])
 
     def test_data_survives_the_trip(self, make_sink: Callable[[], Sink], read_stored: Any) -> None:
         """Each stored record carries its event's data values."""
         batch = self.events()
 
-        async def scenario() -> None:
-            sink = make_sink()
-            await _open(sink)
-            await _send(sink, batch)
-            await _close(sink)
-
-        _run(scenario())
+        _send_batches(make_sink, batch)
         stored = {str(record["id"]): _data_of(record) for record in read_stored()}
         for event in batch:
             data = stored[event.id]
@@ -195,14 +189,7 @@ class SinkContract:
         """A batch sent again (a retry after a lost confirmation) is not stored twice."""
         batch = self.events()
 
-        async def scenario() -> None:
-            sink = make_sink()
-            await _open(sink)
-            await _send(sink, batch)
-            await _send(sink, batch)
-            await _close(sink)
-
-        _run(scenario())
+        _send_batches(make_sink, batch, batch)
         self.assert_stored(read_stored, batch)
 
     def test_overlapping_batches_store_each_event_once(
@@ -212,14 +199,7 @@ class SinkContract:
         events = self.events(self.batch_size * 2)
         middle = len(events) // 2
 
-        async def scenario() -> None:
-            sink = make_sink()
-            await _open(sink)
-            await _send(sink, events[: middle + 2])
-            await _send(sink, events[middle - 2 :])
-            await _close(sink)
-
-        _run(scenario())
+        _send_batches(make_sink, events[: middle + 2], events[middle - 2 :])
         self.assert_stored(read_stored, events)
 
     def test_redelivery_after_a_restart_is_stored_once(
@@ -228,14 +208,8 @@ class SinkContract:
         """A new sink instance (the next process) sending the same batch stores nothing new."""
         batch = self.events()
 
-        async def scenario() -> None:
-            for _ in range(2):
-                sink = make_sink()
-                await _open(sink)
-                await _send(sink, batch)
-                await _close(sink)
-
-        _run(scenario())
+        for _ in range(2):  # a restart: a new sink object gets the same batch again
+            _send_batches(make_sink, batch)
         self.assert_stored(read_stored, batch)
 
     def test_open_and_close_twice_are_safe(self, make_sink: Callable[[], Sink]) -> None:
