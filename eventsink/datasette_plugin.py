@@ -108,12 +108,19 @@ def get_state(datasette: Any) -> PluginState | None:
     return _states.get(datasette)
 
 
+def _raw_plugin_block(datasette: Any, name: str) -> Any:
+    # Read before Datasette's own {"$env": ...} resolution, which turns an unset variable
+    # into a silent null: eventsink's resolution names the missing variable at startup.
+    plugins = (getattr(datasette, "config", None) or {}).get("plugins") or {}
+    return plugins.get(name)
+
+
 def read_config(datasette: Any) -> tuple[dict[str, Any], str | None]:
     """The plugin's config block and its name; the legacy block if only that one exists."""
-    config = datasette.plugin_config(PLUGIN_NAME)
+    config = _raw_plugin_block(datasette, PLUGIN_NAME)
     if config is not None:
         return dict(config), PLUGIN_NAME
-    legacy = datasette.plugin_config(LEGACY_PLUGIN_NAME)
+    legacy = _raw_plugin_block(datasette, LEGACY_PLUGIN_NAME)
     if legacy is not None:
         logger.warning(
             "eventsink: using the %r plugin config block (rename it to %r when convenient)",

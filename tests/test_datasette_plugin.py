@@ -205,6 +205,10 @@ class TestConfiguration:
             ({"api_url": "http://h/data"}, "api_url"),
             ({"api_url": "http://h/data/-/create", "batch_limt": 5}, "batch_limt"),
             ({"api_url": "http://h/data/-/create", "max_rate": "fast"}, "max_rate"),
+            (
+                {"api_url": "http://h/data/-/create", "api_token": {"$env": "ES_TEST_UNSET"}},
+                "api_token",
+            ),
         ],
     )
     async def test_bad_config_stops_startup_naming_the_key(self, tmp_path, config, key):
@@ -212,6 +216,8 @@ class TestConfiguration:
             async with sender(tmp_path, {"eventsink": config}):
                 pass
         assert caught.value.key == key and key in str(caught.value)
+        if "$env" in str(config):  # Datasette alone would have made it a silent null
+            assert "'ES_TEST_UNSET', which is not set" in str(caught.value)
 
     async def test_plugin_defaults(self, tmp_path, receiver):
         config = {"api_url": f"{receiver.db_url}/-/create", "api_token": receiver.token}
