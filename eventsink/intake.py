@@ -222,8 +222,3 @@ class Intake:
 
     def __len__(self) -> int:
         return len(self._buffer)
-
-
-def describe_event_error(error: EventError) -> str:
-    """A one-line description of a rejected event for logs."""
-    return f"event rejected: {error}"

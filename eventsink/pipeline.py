@@ -27,7 +27,6 @@ import pluggy
 from platformdirs import user_data_dir
 
 from .config import Settings
-from .exceptions import ClosedError
 from .intake import EventFactory, Intake
 from .lane import Lane
 from .outbox import MemoryOutbox, Outbox
@@ -398,8 +397,3 @@ class Pipeline:
             "dropped": dict(self.intake.dropped),
             "sinks": sinks,
         }
-
-    def check_open(self) -> None:
-        """Raise :class:`ClosedError` if the pipeline no longer accepts events."""
-        if self.closed:
-            raise ClosedError("the pipeline is closed and accepts no more events")

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from eventsink.testing import wait_until  # noqa: F401  # re-exported for the tests
 from eventsink.testing.receiver import DatasetteReceiver
+
+
+def table_rows(path: Path | str, table: str) -> list[dict[str, Any]]:
+    """Every row of ``table`` in the SQLite file ``path``, by id."""
+    connection = sqlite3.connect(path)
+    connection.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in connection.execute(f"select * from [{table}] order by id")]
+    finally:
+        connection.close()
 
 
 @pytest.fixture(scope="session")

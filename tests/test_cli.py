@@ -15,16 +15,9 @@ from click.testing import CliRunner
 from eventsink.cli import cli
 from eventsink.event import Event
 
+from .conftest import table_rows
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def table_rows(path: Path, table: str) -> list[dict]:
-    connection = sqlite3.connect(path)
-    connection.row_factory = sqlite3.Row
-    try:
-        return [dict(row) for row in connection.execute(f"select * from [{table}] order by id")]
-    finally:
-        connection.close()
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from eventsink.sinks.sqlite import SQLiteSink
 from eventsink import Client, ConfigError, Event, RetryableError
 from eventsink.plugins import lookup, make_plugin_manager, sink_classes
 
+from .conftest import table_rows as rows
+
 
 def event(number: int, table: str = "clicks", **data: object) -> Event:
     return Event(
@@ -21,15 +23,6 @@ def event(number: int, table: str = "clicks", **data: object) -> Event:
         f"2026-01-01T00:00:00.{number:03d}+00:00",
         {"n": number, **data},
     )
-
-
-def rows(path, table: str) -> list[dict]:
-    connection = sqlite3.connect(path)
-    connection.row_factory = sqlite3.Row
-    try:
-        return [dict(row) for row in connection.execute(f"select * from [{table}] order by id")]
-    finally:
-        connection.close()
 
 
 class TestRows:
