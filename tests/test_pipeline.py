@@ -189,7 +189,9 @@ class TestRetries:
             assert sorted(e.id for e in sink_of(client).delivered) == ids
 
     def test_rejected_batch_is_split_to_isolate_the_poison_event(self):
-        with make_client(batch_limit=16) as client:
+        # The batch is never full and never old enough, so nothing is sent before the poison id
+        # is set and flush() sends all 16 as one batch.
+        with make_client(batch_limit=32, flush_interval=60) as client:
             ids = [client.write("t", {"n": n}) for n in range(16)]
             sink_of(client).reject_ids = {ids[5]}
             assert client.flush(10)
