@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from .sink import Sink, call_maybe_sync
 
 logger = logging.getLogger("eventsink")
 
-HOT_BATCHES = 10  # batches a keeping-up lane may hold leased in memory
+HOT_BATCHES = 10  # batches of events leased at append that a lane keeps in memory
 
 
 @dataclass
@@ -95,9 +95,14 @@ class Lane:
         self.poll_interval = poll_interval
         self.limiter = TokenBucket(settings.max_rate, settings.time_period)
         self.stats = LaneStats()
-        self.pending = 0  # events in the outbox for this sink, not leased by this lane
-        self._hot: deque[Leased] = deque()  # appended here and leased at once: no read-back
+        self.pending = 0  # events in the outbox for this sink that nobody has leased
+        # Events leased at append, oldest first: the first few batches in memory ("hot"), the
+        # rest ("spilled") as outbox handles only, read back when their turn comes.
+        self._hot: deque[Leased] = deque()
         self._hot_count = 0
+        self._hot_limit = HOT_BATCHES * settings.batch_limit if outbox.reads_back else None
+        self._spilled: deque[Sequence[Any]] = deque()
+        self._spilled_count = 0
         self.settled = 0
         self._first_pending_at: float | None = None
         self._ready = asyncio.Event()
@@ -120,17 +125,8 @@ class Lane:
 
     @property
     def available(self) -> int:
-        """Events this lane knows are waiting: in the outbox, or leased at append."""
-        return self.pending + self._hot_count
-
-    def wants_hot(self, count: int) -> bool:
-        """Whether ``count`` new events should be leased to this lane as they are appended.
-
-        Only while it keeps up: no older events wait in the outbox, and at most a few batches
-        are queued in memory (their leases must not expire before they are sent).
-        """
-        limit = HOT_BATCHES * self.settings.batch_limit
-        return self.pending == 0 and self._hot_count + count <= limit
+        """Events this lane knows are waiting: unleased in the outbox, or leased at append."""
+        return self.pending + self._hot_count + self._spilled_count
 
     def _arrived(self, was: int) -> None:
         if was == 0:
@@ -147,8 +143,14 @@ class Lane:
     def offer(self, leased: Leased) -> None:
         """Events appended and already leased to this lane."""
         was = self.available
-        self._hot.append(leased)
-        self._hot_count += len(leased.events)
+        count = len(leased.handles)
+        room = self._hot_limit is None or self._hot_count + count <= self._hot_limit
+        if room and not self._spilled:
+            self._hot.append(leased)
+            self._hot_count += count
+        else:  # memory holds enough: keep only the handles, read the events back later
+            self._spilled.append(leased.handles)
+            self._spilled_count += count
         self._arrived(was)
 
     def take_hot(self, limit: int) -> Leased:
@@ -168,6 +170,34 @@ class Lane:
                 self._hot[0] = Leased(chunk.events[room:], chunk.handles[room:])
         self._hot_count -= len(events)
         return Leased(events, handles)
+
+    def take_spilled(self, limit: int) -> list[Any]:
+        """Up to ``limit`` of the oldest handles of spilled events (for reading or dropping)."""
+        handles: list[Any] = []
+        while self._spilled and len(handles) < limit:
+            chunk = self._spilled[0]
+            room = limit - len(handles)
+            if len(chunk) <= room:
+                self._spilled.popleft()
+                handles += chunk
+            else:
+                handles += chunk[:room]
+                self._spilled[0] = chunk[room:]
+        self._spilled_count -= len(handles)
+        return handles
+
+    async def discard_oldest(self, count: int) -> int:
+        """Remove up to ``count`` of the oldest events leased at append and not yet sent.
+
+        For ``overflow: drop_oldest``. Removing them from the outbox is the same operation as
+        confirming them. Returns how many were removed.
+        """
+        hot = self.take_hot(count)
+        spilled = self.take_spilled(count - len(hot.handles))
+        if hot.handles or spilled:
+            # Spilled events are known by handle only: the outbox acks by handle.
+            await self.outbox.ack(self.name, Leased(hot.events, [*hot.handles, *spilled]))
+        return len(hot.handles) + len(spilled)
 
     def start_flush(self) -> None:
         """Send partial batches without waiting, until :meth:`end_flush`."""
@@ -233,6 +263,8 @@ class Lane:
             while self._hot:
                 await self.outbox.release(self.name, self._hot.popleft())
             self._hot_count = 0
+            # Spilled events stay leased to this process until the outbox closes, which gives
+            # back everything the process holds in one statement.
 
     async def _send_in_slot(self, leased: Leased, slots: asyncio.Semaphore) -> None:
         try:
@@ -257,6 +289,9 @@ class Lane:
             return await self._lease_backlog(limit)
         if self._hot:
             return self.take_hot(limit)
+        if self._spilled:
+            handles = self.take_spilled(limit)
+            return await self.outbox.read_leased(self.name, handles)
         return None
 
     async def _wait_for_batch(self) -> None:

@@ -1,7 +1,9 @@
 """Where events wait until a sink confirms them: the outbox interface and the in-memory outbox.
 
-The pipeline appends every accepted event once per configured sink; each sink's lane *leases*
-a batch, hands it to the sink, and on confirmation *acks* it (removes it). A retryable failure
+The pipeline appends every accepted event once per configured sink, leased at once to this
+process; each sink's lane takes a batch, hands it to the sink, and on confirmation *acks* it
+(removes it). Events nobody holds (left by an earlier run, or replayed) are *leased* a batch at
+a time. A retryable failure
 keeps the batch leased while the lane backs off; a permanent one moves it to the dead-letter
 store, from which :meth:`Outbox.replay` moves it back.
 
@@ -31,7 +33,7 @@ class Leased:
     """
 
     events: list[Event]
-    handles: list[Any]
+    handles: Sequence[Any]
     attempts: int = 0
     first_failure: float | None = None
 
@@ -88,6 +90,9 @@ class Outbox(ABC):
     shared: bool = False
     #: True when committed events survive the process.
     durable: bool = False
+    #: True when events leased at append can be read back with :meth:`read_leased`, so a lane
+    #: need not keep more than a few batches of them in memory.
+    reads_back: bool = False
     #: ``max_events`` when the configuration gives none.
     default_max_events: int = 100_000
     #: What the log says to do about dead-lettered events.
@@ -106,12 +111,17 @@ class Outbox(ABC):
         """Store ``events`` once for each sink, in one commit.
 
         For the sinks in ``lease_for`` the new rows are leased by this process at once and
-        returned, so a lane that is keeping up delivers them without reading them back.
+        returned (no other process takes them), so the lane delivers them from memory, or
+        reads them back with :meth:`read_leased` when it holds more than it keeps in memory.
         """
 
     @abstractmethod
     async def lease(self, sink: str, limit: int) -> Leased | None:
         """Lease up to ``limit`` of the oldest unleased events of ``sink``; ``None`` if none."""
+
+    async def read_leased(self, sink: str, handles: Sequence[Any]) -> Leased | None:
+        """The events of ``handles`` (leased at append) that are still in the outbox."""
+        raise NotImplementedError(f"{type(self).__name__} keeps leased events in memory")
 
     @abstractmethod
     async def ack(self, sink: str, leased: Leased) -> None:
@@ -119,7 +129,7 @@ class Outbox(ABC):
 
     @abstractmethod
     async def record_failure(self, sink: str, leased: Leased, failure: Failure) -> None:
-        """Remember a failed attempt (attempts, last error) and keep the lease alive."""
+        """Remember a failed attempt (attempts, last error and status) with the events."""
 
     @abstractmethod
     async def release(self, sink: str, leased: Leased) -> None:
@@ -182,7 +192,7 @@ class MemoryOutbox(Outbox):
             if sink in lease_for:
                 self._queue(sink)
                 self._in_flight[sink] += len(events)
-                leased[sink] = Leased(list(events), [None] * len(events))
+                leased[sink] = Leased(list(events), range(len(events)))
             else:
                 self._queue(sink).extend(events)
         return leased
@@ -197,7 +207,7 @@ class MemoryOutbox(Outbox):
         return Leased(events, [None] * count)
 
     async def ack(self, sink: str, leased: Leased) -> None:
-        self._in_flight[sink] -= len(leased.events)
+        self._in_flight[sink] -= len(leased.handles)
 
     async def record_failure(self, sink: str, leased: Leased, failure: Failure) -> None:
         pass  # the lane keeps the history in the Leased object

@@ -135,7 +135,7 @@ class Pipeline:
         backlog = await self.outbox.open(self._names)
         for name, lane in self.lanes.items():
             left = backlog.get(name)
-            rows = (left.pending + left.in_flight) if left else 0
+            rows = left.pending if left else 0  # what other live processes hold is theirs
             if rows:
                 logger.info("eventsink sink %r: %d event(s) left by an earlier run", name, rows)
                 self._restored[name] = rows
@@ -236,9 +236,8 @@ class Pipeline:
         if events:
             delay = 0.1
             while True:
-                hot = [name for name, lane in self.lanes.items() if lane.wants_hot(len(events))]
                 try:
-                    leased = await self.outbox.append(events, self._names, hot)
+                    leased = await self.outbox.append(events, self._names, self._names)
                     break
                 except Exception:
                     logger.exception(
@@ -249,10 +248,7 @@ class Pipeline:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
             for name, lane in self.lanes.items():
-                if name in leased:
-                    lane.offer(leased[name])
-                else:
-                    lane.notify(len(events))
+                lane.offer(leased[name])
             if self.settings.overflow == "drop_oldest":
                 await self._drop_oldest()
         if group is not None and not group.done():
@@ -266,12 +262,8 @@ class Pipeline:
         for name, lane in self.lanes.items():
             dropped = len(await self.outbox.drop_oldest(name, per_lane))
             lane.pending = max(0, lane.pending - dropped)
-            if dropped < per_lane and lane.available:
-                # The rest are leased in memory, not yet sent: removing them from the outbox
-                # is the same operation as confirming them.
-                oldest = lane.take_hot(per_lane - dropped)
-                await self.outbox.ack(name, oldest)
-                dropped += len(oldest.events)
+            if dropped < per_lane:
+                dropped += await lane.discard_oldest(per_lane - dropped)
             if dropped:
                 lane.settled += dropped
                 self.intake.count_drop("overflow", dropped)

@@ -5,8 +5,8 @@ What survives what:
 * **A process crash or ``kill -9``**: every committed event. Appends are committed in groups a
   few milliseconds apart (the Datasette plugin waits for the commit before its request
   completes; ``Client.write`` returns as soon as the event is queued for the next commit and
-  ``Client.flush`` waits for delivery). Batches leased by a dead process are reclaimed when
-  the next process opens the outbox.
+  ``Client.flush`` waits for delivery). Rows held by a dead process return when the next
+  process opens the outbox (or, for a process on another host, once it stops renewing).
 * **Acknowledged deliveries**: the delete of a confirmed batch joins the next transaction (at
   most ``ACK_DELAY`` later) instead of costing a commit of its own. A crash in that window
   means the batch is delivered again, which the ULID keys make harmless.
@@ -15,14 +15,19 @@ What survives what:
   ``durability: fsync`` (``synchronous=FULL``) fsyncs every commit and loses nothing committed,
   at roughly six times the cost per commit.
 
-Several processes may share one outbox file: leases carry the owner (host, pid) and a deadline,
-so each batch is delivered by one process at a time and a crashed owner's batches return.
+Several processes may share one outbox file. Each row is *held* by at most one process, named
+in ``lease_owner``: rows a process appends are held by it from the start (so it delivers them
+without another process taking them, and without an UPDATE per row to lease them), and rows
+nobody holds (left by a process that ended, or replayed) are claimed a batch at a time. A
+holder proves it is alive by renewing one row in ``eventsink_owners`` every ``lease_seconds / 3``;
+the rows of a holder that stopped renewing, or whose process is gone, return to everyone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import socket
@@ -30,6 +35,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +44,8 @@ from .event import Event
 from .outbox import DeadLetter, Failure, Leased, Outbox, SinkBacklog
 
 T = TypeVar("T")
+
+logger = logging.getLogger("eventsink")
 
 SCHEMA = """
 create table if not exists eventsink_outbox (
@@ -49,7 +58,6 @@ create table if not exists eventsink_outbox (
     data blob not null,
     attempts integer not null default 0,
     lease_owner text,
-    lease_until real,
     first_failure real,
     last_error text,
     last_status integer,
@@ -72,12 +80,39 @@ create table if not exists eventsink_dead_letters (
     last_failure real
 );
 create index if not exists eventsink_dead_letters_sink on eventsink_dead_letters (sink, id);
+create table if not exists eventsink_owners (
+    owner text primary key,
+    until real not null
+);
 """
 
 _COLUMNS = "id, table_name, instance, created, data"
 _CHUNK = 500  # rows per "in (...)" statement, well under SQLite's parameter limit
-LEASE_SECONDS = 300.0
+LEASE_SECONDS = 300.0  # a holder that has not renewed for this long is presumed dead
 ACK_DELAY = 0.01  # seconds an acked row may wait for its delete to join another transaction
+
+
+_INSERT_ROWS = 100  # rows per multi-row insert: 800 parameters, under the old limit of 999
+
+
+@cache
+def _insert_sql(rows: int) -> str:
+    return (
+        "insert into eventsink_outbox (sink, id, table_name, instance, created, data, "
+        "lease_owner) values " + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    )
+
+
+def _leased(rows: list[tuple[Any, ...]]) -> Leased | None:
+    """A batch from rows of ``seq, id, table_name, instance, created, data, attempts,
+    first_failure``, in seq order."""
+    if not rows:
+        return None
+    events = [Event(row[1], row[2], row[3], row[4], data_json=row[5]) for row in rows]
+    failures = [row[7] for row in rows if row[7] is not None]
+    return Leased(
+        events, [row[0] for row in rows], max(row[6] for row in rows), min(failures, default=None)
+    )
 
 
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> list[Sequence[T]]:
@@ -148,11 +183,18 @@ class DatasetteRunner(Runner):
         return await self.database.execute_write_fn(fn)
 
 
+# Owners of the SQLiteOutbox objects open in this process: a same-pid owner not among them is
+# a previous process that had the same pid (a container restarted as pid 1, say).
+_OPEN_OWNERS: set[str] = set()
+
+
 def _owner_is_dead(owner: str, host: str) -> bool:
     owner_host, _, rest = owner.partition(":")
     pid = rest.partition(":")[0]
     if owner_host != host or not pid.isdigit():
-        return False  # another machine's lease: wait for its deadline
+        return False  # another machine's owner: wait until it stops renewing
+    if int(pid) == os.getpid():
+        return owner not in _OPEN_OWNERS
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -162,14 +204,23 @@ def _owner_is_dead(owner: str, host: str) -> bool:
     return False
 
 
-def _release_expired(connection: sqlite3.Connection, now: float) -> None:
-    # Leases are only looked for through the partial index of unleased rows, so expired
-    # leases are cleared here (at open and every few lease calls) rather than in each query.
-    connection.execute(
-        "update eventsink_outbox set lease_owner = null, lease_until = null "
-        "where lease_owner is not null and lease_until < ?",
-        [now],
-    )
+def _forget_dead_owners(connection: sqlite3.Connection, me: str, host: str, now: float) -> int:
+    """Delete the owners that stopped renewing or whose process is gone; return how many."""
+    dead = [
+        (owner,)
+        for owner, until in connection.execute("select owner, until from eventsink_owners")
+        if owner != me and (until < now or _owner_is_dead(owner, host))
+    ]
+    connection.executemany("delete from eventsink_owners where owner = ?", dead)
+    return len(dead)
+
+
+def _release_orphans(connection: sqlite3.Connection) -> int:
+    """Return rows held by no registered owner to everyone; return how many."""
+    return connection.execute(
+        "update eventsink_outbox set lease_owner = null where lease_owner is not null "
+        "and lease_owner not in (select owner from eventsink_owners)"
+    ).rowcount
 
 
 class SQLiteOutbox(Outbox):
@@ -177,6 +228,7 @@ class SQLiteOutbox(Outbox):
 
     shared = True
     durable = True
+    reads_back = True
     default_max_events = 1_000_000
 
     def __init__(
@@ -197,7 +249,7 @@ class SQLiteOutbox(Outbox):
         self.lease_seconds = lease_seconds
         self._host = socket.gethostname()
         self.owner = f"{self._host}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._last_reclaim = time.monotonic()
+        self._heartbeat: asyncio.Task[None] | None = None
         self._acked: list[int] = []  # confirmed rows whose delete rides the next transaction
         self._ack_flush: asyncio.Future[None] | None = None
 
@@ -205,30 +257,61 @@ class SQLiteOutbox(Outbox):
         return f"<SQLiteOutbox {self.path or self.runner!r}>"
 
     async def open(self, sinks: Sequence[str]) -> dict[str, SinkBacklog]:
-        host = self._host
+        me, host = self.owner, self._host
+        _OPEN_OWNERS.add(me)
 
         def prepare(connection: sqlite3.Connection) -> None:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     connection.execute(statement)
-            owners = [
-                row[0]
-                for row in connection.execute(
-                    "select distinct lease_owner from eventsink_outbox "
-                    "where lease_owner is not null"
+            now = time.time()
+            connection.execute(
+                "insert or replace into eventsink_owners (owner, until) values (?, ?)",
+                [me, now + self.lease_seconds],
+            )
+            _forget_dead_owners(connection, me, host, now)
+            released = _release_orphans(connection)
+            if released:
+                logger.info(
+                    "eventsink outbox: %d event(s) held by a process that ended are pending again",
+                    released,
                 )
-            ]
-            dead = [owner for owner in owners if _owner_is_dead(owner, host)]
-            for owner in dead:
-                connection.execute(
-                    "update eventsink_outbox set lease_owner = null, lease_until = null "
-                    "where lease_owner = ?",
-                    [owner],
-                )
-            _release_expired(connection, time.time())
 
         await self._run(prepare)
+        self._heartbeat = asyncio.ensure_future(self._keep_alive())
         return await self.backlog()
+
+    async def _keep_alive(self) -> None:
+        """Renew this process's hold, and return the rows of holders that died."""
+        me, host = self.owner, self._host
+
+        def renew(connection: sqlite3.Connection) -> None:
+            now = time.time()
+            renewed = connection.execute(
+                "update eventsink_owners set until = ? where owner = ?",
+                [now + self.lease_seconds, me],
+            ).rowcount
+            if not renewed:
+                # Presumed dead while this process was stalled: its rows may have been taken
+                # (and may be delivered twice, which the ids absorb). Hold what is left.
+                logger.warning(
+                    "eventsink outbox: this process did not renew its hold for %.0fs; "
+                    "another process may deliver some of its events too",
+                    self.lease_seconds,
+                )
+                connection.execute(
+                    "insert into eventsink_owners (owner, until) values (?, ?)",
+                    [me, now + self.lease_seconds],
+                )
+            if _forget_dead_owners(connection, me, host, now):
+                _release_orphans(connection)
+
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await self._run(renew)
+            except Exception:
+                logger.exception("eventsink outbox: renewing this process's hold failed")
 
     async def append(
         self, events: Sequence[Event], sinks: Sequence[str], lease_for: Sequence[str] = ()
@@ -237,53 +320,56 @@ class SQLiteOutbox(Outbox):
             (event.id, event.table, event.instance, event.created, event.data_json())
             for event in events
         ]
-        owner, until = self.owner, time.time() + self.lease_seconds
+        owner = self.owner
 
-        def insert(connection: sqlite3.Connection) -> dict[str, list[int]]:
+        def insert(connection: sqlite3.Connection) -> dict[str, range]:
             handles = {}
             for sink in sinks:
-                lease = (owner, until) if sink in lease_for else (None, None)
-                connection.executemany(
-                    "insert into eventsink_outbox (sink, id, table_name, instance, created, "
-                    "data, lease_owner, lease_until) values (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(sink, *row, *lease) for row in values],
-                )
+                holder = owner if sink in lease_for else None
+                rows = [(sink, *row, holder) for row in values]
+                for chunk in _chunks(rows, _INSERT_ROWS):
+                    # One multi-row statement is one sqlite3_step, so one release of the GIL
+                    # instead of one per row: on a busy core each release can cost a thread
+                    # switch interval before the GIL comes back.
+                    cursor = connection.execute(_insert_sql(len(chunk)), list(chain(*chunk)))
                 if sink in lease_for:
                     # One writer inside one transaction: the rowids just made are contiguous.
-                    last = connection.execute("select last_insert_rowid()").fetchone()[0]
-                    handles[sink] = list(range(last - len(values) + 1, last + 1))
+                    last = cursor.lastrowid
+                    handles[sink] = range(last - len(values) + 1, last + 1)
             return handles
 
         handles = await self._run(insert)
         return {sink: Leased(list(events), seqs) for sink, seqs in handles.items()}
 
     async def lease(self, sink: str, limit: int) -> Leased | None:
-        owner, lease_seconds = self.owner, self.lease_seconds
+        owner = self.owner
 
-        reclaim = time.monotonic() - self._last_reclaim > self.lease_seconds / 10
-        if reclaim:
-            self._last_reclaim = time.monotonic()
-
-        def take(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            now = time.time()
-            if reclaim:
-                _release_expired(connection, now)
+        def claim(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return connection.execute(
-                "update eventsink_outbox set lease_owner = ?, lease_until = ? "
+                "update eventsink_outbox set lease_owner = ? "
                 "where seq in (select seq from eventsink_outbox where sink = ? and "
                 "lease_owner is null order by seq limit ?) "
                 f"returning seq, {_COLUMNS}, attempts, first_failure",
-                [owner, now + lease_seconds, sink, limit],
+                [owner, sink, limit],
             ).fetchall()
 
-        rows = await self._run(take)
-        if not rows:
-            return None
+        rows = await self._run(claim)
         rows.sort(key=lambda row: row[0])  # RETURNING gives no order guarantee
-        events = [Event(row[1], row[2], row[3], row[4], data_json=row[5]) for row in rows]
-        attempts = max(row[6] for row in rows)
-        failures = [row[7] for row in rows if row[7] is not None]
-        return Leased(events, [row[0] for row in rows], attempts, min(failures, default=None))
+        return _leased(rows)
+
+    async def read_leased(self, sink: str, handles: Sequence[int]) -> Leased | None:
+        owner, wanted = self.owner, set(handles)
+
+        def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            # One range scan of the primary key; rows of other sinks or holders in between
+            # are skipped by the conditions, rows this process claimed meanwhile by the filter.
+            return connection.execute(
+                f"select seq, {_COLUMNS}, attempts, first_failure from eventsink_outbox "
+                "where seq between ? and ? and sink = ? and lease_owner = ? order by seq",
+                [min(handles), max(handles), sink, owner],
+            ).fetchall()
+
+        return _leased([row for row in await self._run(read) if row[0] in wanted])
 
     async def _by_handles(self, sql: str, leased: Leased, *params: Any) -> None:
         handles = leased.handles
@@ -332,20 +418,18 @@ class SQLiteOutbox(Outbox):
     async def record_failure(self, sink: str, leased: Leased, failure: Failure) -> None:
         await self._by_handles(
             "update eventsink_outbox set attempts = ?, first_failure = ?, last_error = ?, "
-            "last_status = ?, paused = ?, lease_until = ? where seq in ({marks})",
+            "last_status = ?, paused = ? where seq in ({marks})",
             leased,
             failure.attempts,
             failure.first_failure,
             failure.message,
             failure.status,
             int(failure.paused),
-            time.time() + self.lease_seconds,
         )
 
     async def release(self, sink: str, leased: Leased) -> None:
         await self._by_handles(
-            "update eventsink_outbox set lease_owner = null, lease_until = null "
-            "where seq in ({marks})",
+            "update eventsink_outbox set lease_owner = null where seq in ({marks})",
             leased,
         )
 
@@ -428,9 +512,11 @@ class SQLiteOutbox(Outbox):
             now = time.time()
             result: dict[str, SinkBacklog] = {}
             for sink, pending, in_flight, size in connection.execute(
-                "select sink, sum(lease_until is null or lease_until < ?), "
-                "sum(lease_until >= ?), sum(length(data)) from eventsink_outbox group by sink",
-                [now, now],
+                "select sink, count(*) - sum(held), sum(held), sum(length(data)) from "
+                "(select sink, data, coalesce(lease_owner in (select owner from "
+                "eventsink_owners where until >= ?), 0) as held from eventsink_outbox) "
+                "group by sink",
+                [now],
             ):
                 oldest = connection.execute(
                     "select created from eventsink_outbox where sink = ? order by seq limit 1",
@@ -473,14 +559,15 @@ class SQLiteOutbox(Outbox):
 
         def release_all(connection: sqlite3.Connection) -> None:
             connection.execute(
-                "update eventsink_outbox set lease_owner = null, lease_until = null "
-                "where lease_owner = ?",
-                [owner],
+                "update eventsink_outbox set lease_owner = null where lease_owner = ?", [owner]
             )
+            connection.execute("delete from eventsink_owners where owner = ?", [owner])
 
-        if self._ack_flush is not None:
-            self._ack_flush.cancel()
+        for task in (self._ack_flush, self._heartbeat):
+            if task is not None:
+                task.cancel()
         try:
             await self._run(release_all)
         finally:
+            _OPEN_OWNERS.discard(owner)
             await self.runner.close()

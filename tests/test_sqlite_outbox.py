@@ -9,15 +9,19 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 
 import orjson
 import pytest
 
+from eventsink.config import parse_config
 from eventsink.event import Event
 from eventsink.ids import IdGenerator
 from eventsink.outbox import Failure, MemoryOutbox
+from eventsink.pipeline import Pipeline
+from eventsink.plugins import lookup, sink_classes
 from eventsink.sqlite_outbox import SQLiteOutbox
-from eventsink.testing import wait_until
+from eventsink.testing import MemorySink, plugin_manager, wait_until
 
 
 def make_events(count: int) -> list[Event]:
@@ -216,3 +220,148 @@ def test_memory_and_sqlite_agree_on_event_data(tmp_path):
     assert asyncio.run(roundtrip(SQLiteOutbox(tmp_path / "o.db"))) == asyncio.run(
         roundtrip(MemoryOutbox())
     )
+
+
+class GatedSink(MemorySink):
+    """A memory sink whose sends wait until ``gate`` is set."""
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.gate = asyncio.Event()
+
+    async def send(self, batch):
+        await self.gate.wait()
+        await super().send(batch)
+
+
+def gated_pipeline(outbox, **config) -> Pipeline:
+    settings = parse_config(
+        {"sink": "memory", "instance": "t", "flush_interval": 0.01, **config},
+        lambda name, key: lookup(sink_classes(plugin_manager()), name, "sink", key).options,
+    )
+    return Pipeline(settings, outbox=outbox, sinks={"memory": GatedSink()})
+
+
+async def rows_by_owner(outbox: SQLiteOutbox) -> Counter:
+    def read(connection):
+        return connection.execute(
+            "select lease_owner, count(*) from eventsink_outbox group by lease_owner"
+        ).fetchall()
+
+    return Counter(dict(await outbox._run(read)))  # _run applies deferred acks first
+
+
+class TestHolding:
+    """Rows a process appends are held by it; beyond a few batches they are read back."""
+
+    async def test_events_beyond_memory_are_read_back_in_order_exactly_once(self, tmp_path):
+        outbox = SQLiteOutbox(tmp_path / "outbox.db")
+        pipeline = gated_pipeline(outbox, batch_limit=10)  # 100 events kept in memory
+        await pipeline.start()
+        written = [await pipeline.write_async("t", {"n": n}) for n in range(1000)]
+        lane = pipeline.lanes["memory"]
+        assert lane._spilled_count > 0
+        # Every row is held by this process: another process cannot take any of them, and
+        # none was leased with an UPDATE of its own.
+        assert await rows_by_owner(outbox) == Counter({outbox.owner: 1000})
+        backlog = (await outbox.backlog())["memory"]
+        assert (backlog.pending, backlog.in_flight) == (0, 1000)
+        pipeline.sinks["memory"].gate.set()
+        assert await pipeline.flush(timeout=10)
+        sink = pipeline.sinks["memory"]
+        assert [event.id for batch in sink.batches for event in batch] == written
+        await pipeline.close()
+        assert await SQLiteOutbox(tmp_path / "outbox.db").open(["memory"]) == {}
+
+    async def test_drop_oldest_reaches_spilled_events(self, tmp_path):
+        outbox = SQLiteOutbox(tmp_path / "outbox.db")
+        pipeline = gated_pipeline(outbox, batch_limit=10, max_events=500, overflow="drop_oldest")
+        await pipeline.start()
+        for n in range(1000):
+            await pipeline.write_async("t", {"n": n})
+        assert pipeline.intake.dropped["overflow"] == 500
+        assert sum((await rows_by_owner(outbox)).values()) == 500
+        pipeline.sinks["memory"].gate.set()
+        assert await pipeline.flush(timeout=10)
+        delivered = sorted(event.data["n"] for event in pipeline.sinks["memory"].events)
+        # The batch with the sink and the one taken to be sent next are no longer droppable:
+        # the oldest of the rest were dropped.
+        taken = next(index for index, n in enumerate(delivered) if n >= 500)
+        assert len(delivered) == 500 and taken <= 20
+        assert delivered == [*range(taken), *range(500 + taken, 1000)]
+        await pipeline.close()
+
+
+class TestOwners:
+    """A holder renews its hold; the rows of one that stopped renewing return to everyone."""
+
+    async def test_rows_of_a_holder_that_stopped_renewing_return(self, tmp_path):
+        path = tmp_path / "outbox.db"
+        stalled = SQLiteOutbox(path, lease_seconds=0.3)
+        alive = SQLiteOutbox(path, lease_seconds=0.3)
+        await stalled.open(["a"])
+        await alive.open(["a"])
+        await stalled.append(make_events(5), ["a"], ["a"])
+        assert await alive.lease("a", 10) is None  # held by a live process
+        stalled._heartbeat.cancel()  # it stops renewing, as a frozen process would
+
+        async def taken():
+            return await alive.lease("a", 10)
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while (leased := await taken()) is None:
+            assert asyncio.get_running_loop().time() < deadline, "rows never returned"
+            await asyncio.sleep(0.05)
+        assert len(leased.events) == 5
+        await alive.close()
+        await stalled.runner.close()
+
+    async def test_a_live_holder_keeps_its_rows_past_lease_seconds(self, tmp_path):
+        path = tmp_path / "outbox.db"
+        holder = SQLiteOutbox(path, lease_seconds=0.2)
+        other = SQLiteOutbox(path, lease_seconds=0.2)
+        await holder.open(["a"])
+        await other.open(["a"])
+        await holder.append(make_events(3), ["a"], ["a"])
+        start = asyncio.get_running_loop().time()
+        while asyncio.get_running_loop().time() - start < 1.0:  # five lease periods
+            assert await other.lease("a", 10) is None
+            await asyncio.sleep(0.05)
+        await holder.close()
+        assert len((await other.lease("a", 10)).events) == 3  # close gives them back
+        await other.close()
+
+    async def test_rows_of_an_earlier_process_with_this_pid_are_reclaimed(self, tmp_path):
+        # A container restarted as pid 1 gets the pid of the process that was killed.
+        path = tmp_path / "outbox.db"
+        first = SQLiteOutbox(path)
+        await first.open(["a"])
+        await first.append(make_events(4), ["a"], ["a"])
+        first._heartbeat.cancel()
+        await first.runner.close()  # killed: its owner row and holds stay in the file
+        from eventsink import sqlite_outbox
+
+        sqlite_outbox._OPEN_OWNERS.discard(first.owner)  # that process is gone
+        second = SQLiteOutbox(path)
+        assert (await second.open(["a"]))["a"].pending == 4
+        assert len((await second.lease("a", 10)).events) == 4
+        await second.close()
+
+    async def test_a_holder_presumed_dead_registers_again(self, tmp_path, caplog):
+        outbox = SQLiteOutbox(tmp_path / "outbox.db", lease_seconds=0.15)
+        await outbox.open(["a"])
+
+        def forget(connection):
+            connection.execute("delete from eventsink_owners")
+
+        await outbox.runner.run(forget)
+
+        def owners(connection):
+            return [row[0] for row in connection.execute("select owner from eventsink_owners")]
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while await outbox.runner.run(owners) != [outbox.owner]:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        assert "did not renew its hold" in caplog.text
+        await outbox.close()
