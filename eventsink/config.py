@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,6 +130,34 @@ def resolve_references(value: Any, key: str) -> Any:
     return value
 
 
+class ByteSize(int):
+    """A number of bytes. Configurations may give an integer or a string with a unit:
+    ``"512MB"``, ``"1.5 GiB"``, ``"64kb"`` (KB, MB, GB are powers of 1000; KiB, MiB, GiB of 1024).
+    """
+
+    UNITS = {
+        "": 1,
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+    }
+    _PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+
+    @classmethod
+    def parse(cls, text: str) -> ByteSize | None:
+        """The size ``text`` names, or ``None`` when it is not a size."""
+        match = cls._PATTERN.fullmatch(text)
+        if match is None or match.group(2).lower() not in cls.UNITS:
+            return None
+        return cls(int(float(match.group(1)) * cls.UNITS[match.group(2).lower()]))
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -146,6 +175,12 @@ def _coerce(option: Option, value: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
+    elif kind is ByteSize:
+        size = ByteSize.parse(value) if isinstance(value, str) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = ByteSize(value)
+        if size is not None:
+            return _check_minimum(option, size, key)
     elif kind in (int, float):
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
@@ -189,6 +224,7 @@ def _kind_name(kind: type) -> str:
         bool: "true or false",
         list: "a list",
         dict: "an object",
+        ByteSize: "a size in bytes (an integer, or a string such as '512MB')",
     }.get(kind, kind.__name__)
 
 
@@ -314,6 +350,13 @@ PIPELINE_OPTIONS: tuple[Option, ...] = (
         minimum=1,
     ),
     Option(
+        "max_bytes",
+        ByteSize,
+        None,
+        "Most bytes of undelivered event data kept (e.g. '500MB'); default: no byte limit.",
+        minimum=1,
+    ),
+    Option(
         "overflow",
         str,
         "block",
@@ -364,6 +407,7 @@ class Settings:
     outbox: str | None = None
     durability: str = "normal"
     max_events: int | None = None
+    max_bytes: int | None = None
     overflow: str = "block"
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from . import hookspecs
-from .config import DELIVERY_OPTIONS, PIPELINE_OPTIONS, Option
+from .config import DELIVERY_OPTIONS, PIPELINE_OPTIONS, ByteSize, Option
 from .plugins import make_plugin_manager, sink_classes, source_classes
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -66,7 +66,14 @@ def _cell(text: str) -> str:
     return markdown_text(text).replace("|", "\\|").replace("\n", " ")
 
 
-TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}
+TYPE_NAMES = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    dict: "object",
+    ByteSize: 'bytes: integer or `"500MB"`, `"2GiB"`',
+}
 
 
 def _default(option: Option) -> str:

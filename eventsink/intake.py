@@ -6,8 +6,9 @@ the ``eventsink_enrich`` and ``eventsink_filter`` hooks. It runs on the writer's
 
 :class:`Intake` is the thread-safe buffer between writers and the event loop. Writers append
 under a lock and wake the loop only when the buffer goes from empty to non-empty, so a burst of
-writes costs one cross-thread wake-up, not one per event. It also enforces ``max_events``: the
-number of undelivered events (one per sink) the pipeline will hold, with the overflow policy.
+writes costs one cross-thread wake-up, not one per event. It also enforces ``max_events`` and
+``max_bytes``: the number of undelivered events (one per sink) the pipeline will hold, and the
+bytes of their data (its JSON), with the overflow policy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .event import Event, normalise
@@ -82,7 +83,9 @@ class Intake:
     """The bounded, thread-safe buffer of accepted events not yet in the outbox.
 
     ``rows`` counts undelivered events per sink (in this buffer and in the outbox) against
-    ``capacity``. ``wake`` is called (from any thread) when the buffer becomes non-empty.
+    ``capacity``; ``bytes`` their data's JSON size against ``max_bytes`` (only counted when
+    ``max_bytes`` is set). ``wake`` is called (from any thread) when the buffer becomes
+    non-empty.
     """
 
     def __init__(
@@ -92,9 +95,12 @@ class Intake:
         capacity: int,
         overflow: str,
         wake: Callable[[], None],
+        max_bytes: int | None = None,
     ) -> None:
         self.sink_count = sink_count
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.overflow = overflow
         self._wake = wake
         self._lock = threading.Lock()
@@ -110,31 +116,54 @@ class Intake:
 
     # -- writers ---------------------------------------------------------------------------
 
-    def _full(self) -> bool:
-        return self.rows + self.sink_count > self.capacity
+    def _size(self, event: Event) -> int:
+        """The bytes ``event`` adds (all sinks), checked to fit at all; 0 without a limit."""
+        if self.max_bytes is None:
+            return 0
+        size = len(event.data_json()) * self.sink_count
+        if size > self.max_bytes:
+            self.count_drop("too_large", 1)
+            copies = f" (once per sink, {self.sink_count} sinks)" if self.sink_count > 1 else ""
+            raise OverflowDropped(
+                f"the event's data is {size:,} bytes{copies}, more than max_bytes "
+                f"({self.max_bytes:,}) can ever hold"
+            )
+        return size
 
-    def _accept(self, event: Event) -> bool:
+    def _full(self, size: int) -> bool:
+        if self.rows + self.sink_count > self.capacity:
+            return True
+        return self.max_bytes is not None and self.bytes + size > self.max_bytes
+
+    def _describe_full(self) -> str:
+        if self.rows + self.sink_count > self.capacity:
+            return f"the outbox holds its maximum of {self.capacity} undelivered events"
+        return f"the outbox holds its maximum of {self.max_bytes:,} bytes of undelivered events"
+
+    def _accept(self, event: Event, size: int) -> bool:
         """Append under the lock; return True when the caller must wake the loop."""
         self._buffer.append(event)
         self.rows += self.sink_count
+        self.bytes += size
         self.accepted += 1
         return len(self._buffer) == 1
 
     def put(self, event: Event, *, block_timeout: float | None = None) -> None:
         """Accept ``event`` from any thread except the pipeline's loop thread."""
+        size = self._size(event)
         with self._lock:
             if self.closed:
                 raise ClosedError("the pipeline is closed and accepts no more events")
-            if self._full():
-                self._overflow_locked(event, block_timeout)
-            wake = self._accept(event)
+            if self._full(size):
+                self._overflow_locked(size, block_timeout)
+            wake = self._accept(event, size)
         if wake:
             self._wake()
 
-    def _overflow_locked(self, event: Event, block_timeout: float | None) -> None:
+    def _overflow_locked(self, size: int, block_timeout: float | None) -> None:
         if self.overflow == "block":
             if not self._space.wait_for(
-                lambda: not self._full() or self.closed, timeout=block_timeout
+                lambda: not self._full(size) or self.closed, timeout=block_timeout
             ):
                 self.count_drop("overflow", 1)
                 raise OverflowDropped(f"the outbox stayed full for {block_timeout}s")
@@ -142,24 +171,21 @@ class Intake:
                 raise ClosedError("the pipeline is closed and accepts no more events")
         elif self.overflow == "drop_newest":
             self.count_drop("overflow", 1)
-            raise OverflowDropped(
-                f"the outbox holds its maximum of {self.capacity} undelivered events"
-            )
+            raise OverflowDropped(self._describe_full())
         # drop_oldest: accept; the writer task drops the oldest rows after appending.
 
     async def put_async(self, event: Event, *, wait_committed: bool) -> None:
         """Accept ``event`` on the loop thread; optionally wait until it is committed."""
+        size = self._size(event)
         while True:
             with self._lock:
                 if self.closed:
                     raise ClosedError("the pipeline is closed and accepts no more events")
-                if not self._full() or self.overflow != "block":
-                    if self._full() and self.overflow == "drop_newest":
+                if not self._full(size) or self.overflow != "block":
+                    if self._full(size) and self.overflow == "drop_newest":
                         self.count_drop("overflow", 1)
-                        raise OverflowDropped(
-                            f"the outbox holds its maximum of {self.capacity} undelivered events"
-                        )
-                    wake = self._accept(event)
+                        raise OverflowDropped(self._describe_full())
+                    wake = self._accept(event, size)
                     if wait_committed and self._group is None:
                         self._group = asyncio.get_running_loop().create_future()
                     group = self._group
@@ -183,22 +209,37 @@ class Intake:
         return events, group
 
     def excess(self) -> int:
-        """Rows over capacity (for ``drop_oldest``)."""
-        with self._lock:
-            return max(0, self.rows - self.capacity)
+        """Rows to drop to be within both limits again (for ``drop_oldest``).
 
-    def settle(self, rows: int) -> None:
-        """``rows`` deliveries are finished (acked, dead-lettered or dropped): make room."""
+        Over ``max_bytes``, the count is estimated from the average row size, so the caller
+        asks again after dropping.
+        """
+        with self._lock:
+            over = max(0, self.rows - self.capacity)
+            if self.max_bytes is not None and self.bytes > self.max_bytes and self.rows:
+                average = self.bytes / self.rows
+                over = max(over, -(-int(self.bytes - self.max_bytes) // max(1, int(average))))
+            return over
+
+    def settle(self, rows: int, events: Sequence[Event] = ()) -> None:
+        """``rows`` deliveries are finished (acked, dead-lettered or dropped): make room.
+
+        ``events`` are the finished events, for the byte count when ``max_bytes`` is set.
+        """
+        size = sum(len(event.data_json()) for event in events) if self.max_bytes else 0
         with self._lock:
             self.rows = max(0, self.rows - rows)
+            # Replayed dead letters are counted by number only, so this may go below zero.
+            self.bytes = max(0, self.bytes - size)
             self._space.notify_all()
         if self._space_async is not None:
             self._space_async.set()
 
-    def restore(self, rows: int) -> None:
-        """Count rows found in the outbox at start (left by an earlier run)."""
+    def restore(self, rows: int, size: int = 0) -> None:
+        """Count rows (and their data's bytes) found in the outbox at start."""
         with self._lock:
             self.rows += rows
+            self.bytes += size
 
     def count_drop(self, reason: str, count: int) -> None:
         """Count dropped events by reason; log at most once a minute per reason."""

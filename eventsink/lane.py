@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import DeliverySettings
+from .event import Event
 from .exceptions import (
     ConfigError,
     DeliveryError,
@@ -83,7 +84,7 @@ class Lane:
         outbox: Outbox,
         *,
         hooks: Any,
-        settle: Callable[[int], None],
+        settle: Callable[[int, Sequence[Event]], None],
         poll_interval: float | None = None,
     ) -> None:
         self.name = name
@@ -186,18 +187,22 @@ class Lane:
         self._spilled_count -= len(handles)
         return handles
 
-    async def discard_oldest(self, count: int) -> int:
+    async def discard_oldest(self, count: int) -> list[Event]:
         """Remove up to ``count`` of the oldest events leased at append and not yet sent.
 
         For ``overflow: drop_oldest``. Removing them from the outbox is the same operation as
-        confirming them. Returns how many were removed.
+        confirming them. Returns the removed events.
         """
-        hot = self.take_hot(count)
-        spilled = self.take_spilled(count - len(hot.handles))
-        if hot.handles or spilled:
-            # Spilled events are known by handle only: the outbox acks by handle.
-            await self.outbox.ack(self.name, Leased(hot.events, [*hot.handles, *spilled]))
-        return len(hot.handles) + len(spilled)
+        dropped = self.take_hot(count)
+        if len(dropped.events) < count and self._spilled:
+            handles = self.take_spilled(count - len(dropped.events))
+            spilled = await self.outbox.read_leased(self.name, handles)  # for their sizes
+            if spilled is not None:
+                dropped.events += spilled.events
+                dropped.handles = [*dropped.handles, *spilled.handles]
+        if dropped.events:
+            await self.outbox.ack(self.name, dropped)
+        return dropped.events
 
     def start_flush(self) -> None:
         """Send partial batches without waiting, until :meth:`end_flush`."""
@@ -291,7 +296,13 @@ class Lane:
             return self.take_hot(limit)
         if self._spilled:
             handles = self.take_spilled(limit)
-            return await self.outbox.read_leased(self.name, handles)
+            leased = await self.outbox.read_leased(self.name, handles)
+            found = len(leased.events) if leased else 0
+            if found < len(handles):
+                # Gone from the outbox: only another process that presumed this one dead
+                # (stalled past lease_seconds) and delivered them can have removed them.
+                self._finish(len(handles) - found)
+            return leased
         return None
 
     async def _wait_for_batch(self) -> None:
@@ -368,14 +379,14 @@ class Lane:
             await self.outbox.ack(self.name, leased)
             self.stats.record_delivery(len(batch))
             self.stats.paused = None
-            self._finish(len(batch))
+            self._finish(len(batch), batch)
             for result in self.hooks.eventsink_batch_sent(sink=self.name, batch=batch):
                 await await_me_maybe(result)
             return
 
-    def _finish(self, count: int) -> None:
+    def _finish(self, count: int, events: Sequence[Event] = ()) -> None:
         self.settled += count
-        self._settle(count)
+        self._settle(count, events)
 
     def _failure(self, leased: Leased, error: BaseException) -> Failure:
         now = time.time()
@@ -478,7 +489,7 @@ class Lane:
             "message": failure.message,
             "time": failure.last_failure,
         }
-        self._finish(count)
+        self._finish(count, leased.events)
         logger.error(
             "eventsink sink %s rejected %d event(s) permanently: %s. %s",
             self.label,

@@ -265,7 +265,7 @@ class JetStreamConsumer:
                 self.sink_config.delivery,
                 self.outbox,
                 hooks=self.hooks,
-                settle=lambda count: None,
+                settle=lambda count, events: None,
             )
             if self._stop.is_set():
                 self.lane.stop()

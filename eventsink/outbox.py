@@ -75,7 +75,8 @@ class SinkBacklog:
     in_flight: int = 0
     oldest_created: str | None = None
     dead_letters: int = 0
-    bytes: int = 0
+    bytes: int = 0  # of all the sink's event data (JSON) in the outbox
+    pending_bytes: int = 0  # of the pending events' data
 
 
 class Outbox(ABC):

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pluggy
 from platformdirs import user_data_dir
 
 from .config import Settings
+from .event import Event
 from .intake import EventFactory, Intake
 from .lane import Lane
 from .outbox import MemoryOutbox, Outbox
@@ -90,6 +91,7 @@ class Pipeline:
         self.intake = Intake(
             sink_count=len(self.sinks),
             capacity=settings.max_events or self.outbox.default_max_events,
+            max_bytes=settings.max_bytes,
             overflow=settings.overflow,
             wake=self._wake_from_any_thread,
         )
@@ -114,6 +116,7 @@ class Pipeline:
         self._progress: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._lane_tasks: list[asyncio.Task[None]] = []
+        self._writer_task: asyncio.Task[None] | None = None
         self.started_at: float | None = None
         self.closed = False
 
@@ -139,7 +142,7 @@ class Pipeline:
             if rows:
                 logger.info("eventsink sink %r: %d event(s) left by an earlier run", name, rows)
                 self._restored[name] = rows
-                self.intake.restore(rows)
+                self.intake.restore(rows, left.pending_bytes if left else 0)
                 lane.notify(rows)
         for lane in self.lanes.values():
             try:
@@ -153,7 +156,7 @@ class Pipeline:
                     lane.name,
                     error,
                 )
-        self._spawn(self._writer())
+        self._writer_task = self._spawn(self._writer())
         for lane in self.lanes.values():
             self._lane_tasks.append(self._spawn(lane.run()))
         self.started_at = time.time()
@@ -223,10 +226,16 @@ class Pipeline:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def _writer(self) -> None:
-        """Move accepted events from the intake into the outbox, one commit per group."""
+        """Move accepted events from the intake into the outbox, one commit per group.
+
+        Returns once the intake is closed and empty. It is never cancelled while appending:
+        the events it took from the intake exist nowhere else until the commit.
+        """
         wake = self._started_event(self._wake)
         while True:
             if not len(self.intake):
+                if self.intake.closed:
+                    return
                 await wake.wait()
             wake.clear()
             await self._append_buffered()
@@ -255,22 +264,24 @@ class Pipeline:
             group.set_result(None)
 
     async def _drop_oldest(self) -> None:
-        excess = self.intake.excess()
-        if not excess:
-            return
-        per_lane = -(-excess // len(self.lanes))
-        for name, lane in self.lanes.items():
-            dropped = len(await self.outbox.drop_oldest(name, per_lane))
-            lane.pending = max(0, lane.pending - dropped)
-            if dropped < per_lane:
-                dropped += await lane.discard_oldest(per_lane - dropped)
-            if dropped:
-                lane.settled += dropped
-                self.intake.count_drop("overflow", dropped)
-                self._settle(dropped)
+        while excess := self.intake.excess():
+            per_lane = -(-excess // len(self.lanes))
+            total = 0
+            for name, lane in self.lanes.items():
+                dropped = await self.outbox.drop_oldest(name, per_lane)
+                lane.pending = max(0, lane.pending - len(dropped))
+                if len(dropped) < per_lane:
+                    dropped += await lane.discard_oldest(per_lane - len(dropped))
+                if dropped:
+                    lane.settled += len(dropped)
+                    self.intake.count_drop("overflow", len(dropped))
+                    self._settle(len(dropped), dropped)
+                total += len(dropped)
+            if not total:
+                return  # everything left is being sent
 
-    def _settle(self, rows: int) -> None:
-        self.intake.settle(rows)
+    def _settle(self, rows: int, events: Sequence[Event] = ()) -> None:
+        self.intake.settle(rows, events)
         if self._progress is not None:
             self._progress.set()
 
@@ -323,7 +334,7 @@ class Pipeline:
         # A paused sink (e.g. a refused token) delivers nothing until a person acts: waiting
         # out the timeout for it would only delay shutdown; its events stay in the outbox.
         delivered_all = await self.flush(timeout, unless_paused=True)
-        await self._append_buffered()  # whatever is still buffered must reach the outbox
+        await self._stop_writer()
         for lane in self.lanes.values():
             lane.stop()
         if self._lane_tasks:
@@ -345,6 +356,20 @@ class Pipeline:
             where = "kept in the outbox" if self.outbox.durable else "lost (in-memory outbox)"
             logger.warning("eventsink closed with %d undelivered event(s), %s", left, where)
         return left
+
+    async def _stop_writer(self) -> None:
+        """Let the writer append what is still buffered, then return (the intake is closed)."""
+        writer = self._writer_task
+        if writer is None or writer.done():
+            return
+        self._started_event(self._wake).set()
+        _, running = await asyncio.wait([writer], timeout=30.0)
+        if running:  # the outbox has refused appends for 30 s: give up on the buffered ones
+            logger.error(
+                "eventsink could not store %d buffered event(s) in the outbox before closing",
+                len(self.intake),
+            )
+            writer.cancel()
 
     # -- inspection and repair -------------------------------------------------------------
 

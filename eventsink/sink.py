@@ -19,13 +19,13 @@ crash, so a sink must write idempotently, keyed by ``event.id``.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from .config import Option, validate_options
 from .event import Event
+from .threads import SYNC_CALLS
 
 
 @runtime_checkable
@@ -80,7 +80,7 @@ async def call_maybe_sync(function: Any, *args: Any) -> Any:
     """Await ``function(*args)``; a plain function runs in a worker thread."""
     if inspect.iscoroutinefunction(function):
         return await function(*args)
-    result = await asyncio.to_thread(function, *args)
+    result = await SYNC_CALLS.run(function, *args)
     if inspect.isawaitable(result):
         result = await result
     return result

@@ -34,7 +34,6 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import chain
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any, TypeVar
 
 from .event import Event
 from .outbox import DeadLetter, Failure, Leased, Outbox, SinkBacklog
+from .threads import WorkerThreads
 
 T = TypeVar("T")
 
@@ -139,7 +139,7 @@ class ThreadRunner(Runner):
     def __init__(self, path: str, *, durability: str = "normal") -> None:
         self.path = path
         self._synchronous = "FULL" if durability == "fsync" else "NORMAL"
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="eventsink-outbox")
+        self._thread = WorkerThreads(1, "eventsink-outbox")
         self._connection: sqlite3.Connection | None = None
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -161,7 +161,7 @@ class ThreadRunner(Runner):
         return result
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
+        return await self._thread.run(self._call, fn)
 
     def _close(self) -> None:
         if self._connection is not None:
@@ -169,8 +169,8 @@ class ThreadRunner(Runner):
             self._connection = None
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
+        await self._thread.run(self._close)
+        self._thread.shutdown()
 
 
 class DatasetteRunner(Runner):
@@ -511,11 +511,11 @@ class SQLiteOutbox(Outbox):
         def read(connection: sqlite3.Connection) -> dict[str, SinkBacklog]:
             now = time.time()
             result: dict[str, SinkBacklog] = {}
-            for sink, pending, in_flight, size in connection.execute(
-                "select sink, count(*) - sum(held), sum(held), sum(length(data)) from "
-                "(select sink, data, coalesce(lease_owner in (select owner from "
-                "eventsink_owners where until >= ?), 0) as held from eventsink_outbox) "
-                "group by sink",
+            for sink, pending, in_flight, size, pending_size in connection.execute(
+                "select sink, count(*) - sum(held), sum(held), sum(size), "
+                "sum(size * (1 - held)) from (select sink, length(data) as size, "
+                "coalesce(lease_owner in (select owner from eventsink_owners "
+                "where until >= ?), 0) as held from eventsink_outbox) group by sink",
                 [now],
             ):
                 oldest = connection.execute(
@@ -527,6 +527,7 @@ class SQLiteOutbox(Outbox):
                     in_flight=in_flight or 0,
                     oldest_created=oldest[0] if oldest else None,
                     bytes=size or 0,
+                    pending_bytes=pending_size or 0,
                 )
             for sink, count in connection.execute(
                 "select sink, count(*) from eventsink_dead_letters group by sink"

@@ -81,7 +81,7 @@ class SQLiteSink(Sink):
     def _connect(self) -> sqlite_utils.Database:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # send() runs in whichever worker thread asyncio.to_thread picks; the lane calls
+            # send() runs in whichever eventsink worker thread is free; the lane calls
             # it one batch at a time, so sharing the connection across threads is safe.
             connection = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import orjson
@@ -58,6 +61,26 @@ class TestFileSinkThroughClient:
         blocker.write_text("not a directory")
         with pytest.raises(ConfigError, match="cannot open"):
             eventsink.Client(sink="file", path=str(blocker / "events.jsonl"), outbox=":memory:")
+
+
+class TestInterpreterExit:
+    """A client nobody closed still stores and delivers its events when the program ends."""
+
+    def test_unclosed_client_delivers_at_exit(self, tmp_path):
+        out, outbox = tmp_path / "events.jsonl", tmp_path / "outbox.db"
+        script = textwrap.dedent(
+            f"""
+            import eventsink
+            client = eventsink.Client(sink="file", path={str(out)!r}, outbox={str(outbox)!r},
+                                      batch_limit=1000, flush_interval=60)
+            for n in range(5):
+                client.write("t", {{"n": n}})
+            """
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+        assert b"Traceback" not in done.stderr, done.stderr.decode()
+        assert [line["data"]["n"] for line in read_lines(out)] == [0, 1, 2, 3, 4]
 
 
 class TestClientApi:

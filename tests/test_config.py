@@ -114,3 +114,20 @@ class TestSecrets:
         with pytest.raises(ConfigError) as info:
             validate_options(options, {"token": "dstok_very_secret"})
         assert "dstok_very_secret" not in str(info.value)
+
+
+class TestByteSizes:
+    """``max_bytes`` takes an integer or a size with a unit; anything else names the key."""
+
+    @pytest.mark.parametrize(
+        ("given", "expected"),
+        [(1000, 1000), ("1000", 1000), ("500MB", 500_000_000), ("1.5 GiB", 1_610_612_736)],
+    )
+    def test_sizes(self, sink_options, given, expected):
+        settings = parse_config({"sink": "stdout", "max_bytes": given}, sink_options)
+        assert settings.max_bytes == expected
+
+    @pytest.mark.parametrize("given", ["lots", "5 parsecs", True, 0, -1])
+    def test_bad_sizes_name_the_key(self, sink_options, given):
+        with pytest.raises(ConfigError, match="'max_bytes' must be"):
+            parse_config({"sink": "stdout", "max_bytes": given}, sink_options)

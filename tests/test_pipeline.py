@@ -325,3 +325,65 @@ class TestOverflow:
             client.write("t", {"n": n})  # would raise or hang if blocking did not resume
         client.close()
         assert len(sink_of(client).delivered) == 50
+
+
+class TestByteLimit:
+    """``max_bytes`` bounds the undelivered events' data, with the same overflow policies."""
+
+    # {"n": 0} is 7 bytes of JSON: 21 bytes hold three such events.
+
+    def test_drop_newest_counts_bytes(self):
+        client = make_client(
+            batch_limit=1000, flush_interval=60, max_bytes=21, overflow="drop_newest"
+        )
+        for n in range(3):
+            client.write("t", {"n": n})
+        with pytest.raises(OverflowDropped, match="21 bytes"):
+            client.write("t", {"n": 3})
+        client.close()
+        assert sorted(e.data["n"] for e in sink_of(client).delivered) == [0, 1, 2]
+
+    def test_drop_oldest_keeps_the_newest_within_the_bytes(self):
+        client = make_client(
+            batch_limit=1000, flush_interval=60, max_bytes=21, overflow="drop_oldest"
+        )
+        for n in range(6):
+            client.write("t", {"n": n})
+            client._run(client.pipeline._append_buffered(), None)
+        assert client.pipeline.intake.bytes == 21
+        client.close()
+        assert sorted(e.data["n"] for e in sink_of(client).delivered) == [3, 4, 5]
+        assert client.pipeline.intake.dropped["overflow"] == 3
+
+    def test_delivery_gives_the_bytes_back(self):
+        client = make_client(batch_limit=1, flush_interval=0, max_bytes="70B", overflow="block")
+        for n in range(200):
+            client.write("t", {"n": n})  # would hang if delivered bytes were not given back
+        assert client.flush(timeout=10)
+        assert client.pipeline.intake.bytes == 0
+        client.close()
+        assert len(sink_of(client).delivered) == 200
+
+    def test_an_event_larger_than_the_limit_is_refused_at_once(self):
+        client = make_client(max_bytes="1KB", overflow="block")
+        with pytest.raises(OverflowDropped, match="more than max_bytes"):
+            client.write("t", {"text": "x" * 2000})  # would block forever if it waited
+        assert client.status()["dropped"] == {"too_large": 1}
+        client.close()
+
+    def test_bytes_left_in_the_outbox_count_after_a_restart(self, tmp_path):
+        outbox = str(tmp_path / "outbox.db")
+        first = make_client(outbox=outbox, batch_limit=1000, flush_interval=60)
+        for n in range(3):
+            first.write("t", {"n": n})
+        first.close(timeout=0)
+        second = make_client(
+            outbox=outbox,
+            batch_limit=1000,
+            flush_interval=60,
+            max_bytes=21,
+            overflow="drop_newest",
+        )
+        with pytest.raises(OverflowDropped):
+            second.write("t", {"n": 3})
+        second.close()
