@@ -41,6 +41,7 @@ from .sink import Sink, call_maybe_sync
 logger = logging.getLogger("eventsink")
 
 HOT_BATCHES = 10  # batches of events leased at append that a lane keeps in memory
+OUTBOX_RETRY_DELAY = 1.0  # seconds before trying again after the outbox itself failed
 
 
 @dataclass
@@ -242,7 +243,17 @@ class Lane:
                 await self._wait_for_batch()
                 if self._stop.is_set():
                     break
-                leased = await self._next_batch(limit)
+                try:
+                    leased = await self._next_batch(limit)
+                except Exception:  # e.g. another process held the write lock for 30 s
+                    logger.exception(
+                        "eventsink sink %s: reading the outbox failed; trying again in %.0fs",
+                        self.label,
+                        OUTBOX_RETRY_DELAY,
+                    )
+                    if await self._sleep_unless_stopped(OUTBOX_RETRY_DELAY):
+                        break
+                    continue
                 if self.available == 0:
                     self._first_pending_at = None
                 if leased is None:
@@ -254,7 +265,6 @@ class Lane:
                 task = asyncio.ensure_future(self._send_in_slot(leased, slots))
                 leased = None
                 sending.add(task)
-                task.add_done_callback(self._sent)
                 task.add_done_callback(sending.discard)
         except asyncio.CancelledError:
             for task in sending:
@@ -274,15 +284,22 @@ class Lane:
     async def _send_in_slot(self, leased: Leased, slots: asyncio.Semaphore) -> None:
         try:
             await self.deliver(leased)
+        except Exception:
+            # Not a sink failure (deliver handles those): the outbox failed to record an
+            # outcome. The batch is still leased to this process, so it is sent again later
+            # rather than stranded until a restart; a repeat is absorbed by the ids.
+            logger.exception(
+                "eventsink sink %s: the outbox failed while delivering a batch; it is sent "
+                "again in %.0fs",
+                self.label,
+                OUTBOX_RETRY_DELAY,
+            )
+            if not await self._sleep_unless_stopped(OUTBOX_RETRY_DELAY):
+                self._hot.appendleft(leased)
+                self._hot_count += len(leased.events)
+                self._ready.set()
         finally:
             slots.release()
-
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            # Not a sink failure (those are handled in deliver): the outbox itself failed.
-            # The batch stays leased and returns when its lease expires or at the next start.
-            error = task.exception()
-            logger.error("eventsink sink %s: delivering a batch failed", self.label, exc_info=error)
 
     async def _lease_backlog(self, limit: int) -> Leased | None:
         leased = await self.outbox.lease(self.name, limit)
@@ -296,7 +313,12 @@ class Lane:
             return self.take_hot(limit)
         if self._spilled:
             handles = self.take_spilled(limit)
-            leased = await self.outbox.read_leased(self.name, handles)
+            try:
+                leased = await self.outbox.read_leased(self.name, handles)
+            except BaseException:
+                self._spilled.appendleft(handles)  # still to be read
+                self._spilled_count += len(handles)
+                raise
             found = len(leased.events) if leased else 0
             if found < len(handles):
                 # Gone from the outbox: only another process that presumed this one dead

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -16,8 +17,12 @@ from eventsink import (
     SinkPausedError,
     hookimpl,
 )
+from eventsink.config import parse_config
 from eventsink.exceptions import OverflowDropped
-from eventsink.plugins import make_plugin_manager
+from eventsink.outbox import MemoryOutbox
+from eventsink.pipeline import Pipeline
+from eventsink.plugins import lookup, make_plugin_manager, sink_classes
+from eventsink.testing import FlakySink, plugin_manager
 
 
 class RecordingSink(Sink):
@@ -387,3 +392,66 @@ class TestByteLimit:
         with pytest.raises(OverflowDropped):
             second.write("t", {"n": 3})
         second.close()
+
+
+class FailingOnceOutbox(MemoryOutbox):
+    """An in-memory outbox whose ``lease`` and ``record_failure`` each fail the first time."""
+
+    def __init__(self):
+        super().__init__()
+        self.failures = {"lease": 1, "record_failure": 1}
+
+    def _maybe_fail(self, name):
+        if self.failures[name]:
+            self.failures[name] -= 1
+            raise sqlite3.OperationalError("database is locked")
+
+    async def lease(self, sink, limit):
+        self._maybe_fail("lease")
+        return await super().lease(sink, limit)
+
+    async def record_failure(self, sink, leased, failure):
+        self._maybe_fail("record_failure")
+        await super().record_failure(sink, leased, failure)
+
+
+def flaky_pipeline(outbox, sink) -> Pipeline:
+    settings = parse_config(
+        {"sink": "flaky", "instance": "t", "retry_initial": 0.01, "retry_max": 0.01},
+        lambda name, key: lookup(sink_classes(plugin_manager()), name, "sink", key).options,
+    )
+    return Pipeline(settings, outbox=outbox, sinks={"flaky": sink})
+
+
+class TestOutboxFailures:
+    """A failing outbox call delays delivery; it never stops a lane or strands a batch."""
+
+    @pytest.fixture(autouse=True)
+    def quick_retry(self, monkeypatch):
+        monkeypatch.setattr("eventsink.lane.OUTBOX_RETRY_DELAY", 0.01)
+
+    async def test_a_failed_read_is_tried_again(self, caplog):
+        outbox = FailingOnceOutbox()
+        await outbox.open(["flaky"])
+        left = [Event(f"id{n}", "t", "t", "2026-01-01T00:00:00", {"n": n}) for n in range(5)]
+        await outbox.append(left, ["flaky"])  # left by an earlier run: read with lease()
+        sink = FlakySink()
+        pipeline = flaky_pipeline(outbox, sink)
+        await pipeline.start()
+        assert await pipeline.flush(timeout=10)
+        assert sink.ids == [event.id for event in left]
+        assert outbox.failures["lease"] == 0
+        assert "reading the outbox failed" in caplog.text
+        await pipeline.close()
+
+    async def test_a_batch_whose_outcome_could_not_be_recorded_is_sent_again(self, caplog):
+        outbox = FailingOnceOutbox()
+        sink = FlakySink([500])  # the failed attempt makes the lane call record_failure
+        pipeline = flaky_pipeline(outbox, sink)
+        await pipeline.start()
+        ids = [await pipeline.write_async("t", {"n": n}) for n in range(5)]
+        assert await pipeline.flush(timeout=10)
+        assert sink.ids == ids
+        assert outbox.failures["record_failure"] == 0
+        assert "the outbox failed while delivering a batch" in caplog.text
+        await pipeline.close()
