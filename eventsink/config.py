@@ -40,16 +40,35 @@ class Secret:
     """A secret string (a token, a password) that never shows itself.
 
     ``str()`` and ``repr()`` give ``'********'``; call :meth:`reveal` where the value is needed.
+    A secret read from a file (``{"$file": PATH}``) remembers the file, so :meth:`reload` can
+    pick up a rotated token without a restart.
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "path")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, *, path: Path | None = None) -> None:
         self._value = value
+        self.path = path
 
     def reveal(self) -> str:
         """Return the secret value itself."""
         return self._value
+
+    def reload(self) -> bool:
+        """Read the secret's file again; return True when the value changed.
+
+        A secret not read from a file, or a file that cannot be read now, keeps its value.
+        """
+        if self.path is None:
+            return False
+        try:
+            value = self.path.read_text().strip()
+        except OSError:
+            return False
+        changed = bool(value) and value != self._value
+        if changed:
+            self._value = value
+        return changed
 
     def __repr__(self) -> str:
         return "Secret('********')"
@@ -228,6 +247,13 @@ def _kind_name(kind: type) -> str:
     }.get(kind, kind.__name__)
 
 
+def _file_reference(value: Any) -> Path | None:
+    """The path of a ``{"$file": PATH}`` reference, else ``None``."""
+    if isinstance(value, Mapping) and set(value) == {"$file"}:
+        return Path(value["$file"]).expanduser()
+    return None
+
+
 def unknown_key_error(key: str, known: Iterable[str], *, prefix: str = "") -> ConfigError:
     """A :class:`ConfigError` for an unknown key that lists the known ones."""
     known = sorted(known)
@@ -269,7 +295,7 @@ def validate_options(
                 key=key,
             )
         if option.secret and isinstance(value, str):
-            value = Secret(value)
+            value = Secret(value, path=_file_reference(given[option.name]))
         values[option.name] = value
     return values
 

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
-from eventsink.config import REQUIRED, Option, reveal
+from eventsink.config import REQUIRED, Option, Secret, reveal
 from eventsink.event import Event
 from eventsink.exceptions import (
     ConfigError,
@@ -132,7 +132,8 @@ class DatasetteSink(Sink):
             "api_token",
             str,
             None,
-            'API token (needs insert-row, and create-table for /-/create); use {"$env": "NAME"}.',
+            'API token (needs insert-row, and create-table for /-/create); use {"$env": "NAME"}, '
+            'or {"$file": PATH}, which is read again when the receiver refuses the token.',
             secret=True,
         ),
         Option(
@@ -313,6 +314,16 @@ class DatasetteSink(Sink):
         text = text or response.reason_phrase
         return self._scrub(text[:500])
 
+    def _reload_token(self) -> bool:
+        """Pick up a new token from the token's file (``{"$file": PATH}``), if it changed."""
+        token = self.config["api_token"]
+        if not isinstance(token, Secret) or not token.reload():
+            return False
+        if self._client is not None:
+            self._client.headers["authorization"] = f"Bearer {token.reveal()}"
+        logger.info("eventsink datasette sink %s: read a new token from its file", self.describe())
+        return True
+
     def _scrub(self, text: Any) -> str:
         """``text`` with the token blanked out, should a receiver or proxy echo it."""
         text = str(text)
@@ -323,6 +334,12 @@ class DatasetteSink(Sink):
         status = response.status_code
         where = f"{self.describe()} (table {table!r})"
         if status in (401, 403):
+            if self._reload_token():
+                return RetryableError(
+                    f"{where} refused the token: {status} {message}. Its file has a new "
+                    "token: trying again with it",
+                    status=status,
+                )
             has_token = bool(self.config["api_token"])
             problem = "refused the token" if has_token else "needs a token (none is configured)"
             return SinkPausedError(

@@ -131,3 +131,23 @@ class TestByteSizes:
     def test_bad_sizes_name_the_key(self, sink_options, given):
         with pytest.raises(ConfigError, match="'max_bytes' must be"):
             parse_config({"sink": "stdout", "max_bytes": given}, sink_options)
+
+
+class TestSecretFromFile:
+    """A secret read from a file can be read again, and still never shows itself."""
+
+    def test_reload(self, tmp_path):
+        path = tmp_path / "token"
+        path.write_text("first\n")
+        options = (Option("token", str, None, secret=True),)
+        secret = validate_options(options, {"token": {"$file": str(path)}})["token"]
+        assert secret.reveal() == "first" and not secret.reload()
+        path.write_text("second\n")
+        assert secret.reload() and secret.reveal() == "second"
+        path.unlink()
+        assert not secret.reload() and secret.reveal() == "second"  # kept when unreadable
+        assert "second" not in repr(secret)
+
+    def test_a_secret_given_directly_has_nothing_to_reload(self):
+        options = (Option("token", str, None, secret=True),)
+        assert not validate_options(options, {"token": "value"})["token"].reload()

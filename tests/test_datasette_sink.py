@@ -349,6 +349,25 @@ class TestInPipeline:
         assert paused_lines and all("create-table" in r.getMessage() for r in paused_lines)
         assert len(paused_lines) < 50  # one per retry interval, not one per event
 
+    async def test_a_token_file_fixed_while_paused_is_read_again(self, receiver, tmp_path, caplog):
+        token_file = tmp_path / "token"
+        token_file.write_text("dstok_wrong-token-value\n")
+        table = unique_table()
+        pipeline = pipeline_for(
+            f"{receiver.db_url}/-/create", {"$file": str(token_file)}, pause_interval=0.1
+        )
+        await pipeline.start()
+        ids = [await pipeline.write_async(table, {"n": n}) for n in range(20)]
+        assert not await pipeline.flush(timeout=0.5)
+        assert (await pipeline.status())["sinks"]["datasette"]["paused"]
+        token_file.write_text(receiver.token + "\n")  # rotated, as a mounted secret would be
+        with caplog.at_level(logging.INFO, logger="eventsink"):
+            assert await pipeline.flush(timeout=10)  # no restart
+        await pipeline.close()
+        assert sorted(row["id"] for row in receiver.rows(table)) == ids
+        assert "read a new token from its file" in caplog.text
+        assert receiver.token not in caplog.text
+
     async def test_poison_row_is_isolated(self, receiver):
         table = unique_table()
         pipeline = pipeline_for(f"{receiver.db_url}/-/create", receiver.token, batch_limit=100)
