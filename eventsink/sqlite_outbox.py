@@ -19,8 +19,9 @@ Several processes may share one outbox file. Each row is *held* by at most one p
 in ``lease_owner``: rows a process appends are held by it from the start (so it delivers them
 without another process taking them, and without an UPDATE per row to lease them), and rows
 nobody holds (left by a process that ended, or replayed) are claimed a batch at a time. A
-holder proves it is alive by renewing one row in ``eventsink_owners`` every ``lease_seconds / 3``;
-the rows of a holder that stopped renewing, or whose process is gone, return to everyone.
+holder proves it is alive by renewing one row in ``eventsink_owners`` every ``HEARTBEAT_SECONDS``
+and looks for holders that died: the rows of a holder on this host whose process is gone return
+to everyone within a heartbeat, those of a holder that stopped renewing after ``lease_seconds``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ create table if not exists eventsink_owners (
 _COLUMNS = "id, table_name, instance, created, data"
 _CHUNK = 500  # rows per "in (...)" statement, well under SQLite's parameter limit
 LEASE_SECONDS = 300.0  # a holder that has not renewed for this long is presumed dead
+HEARTBEAT_SECONDS = 10.0  # how often a holder renews and looks for holders that died
 ACK_DELAY = 0.01  # seconds an acked row may wait for its delete to join another transaction
 
 
@@ -307,7 +309,7 @@ class SQLiteOutbox(Outbox):
                 _release_orphans(connection)
 
         while True:
-            await asyncio.sleep(self.lease_seconds / 3)
+            await asyncio.sleep(min(HEARTBEAT_SECONDS, self.lease_seconds / 3))
             try:
                 await self._run(renew)
             except Exception:

@@ -209,6 +209,74 @@ class TestCrash:
             assert db.execute("select count(*) from eventsink_outbox").fetchone()[0] == 0
 
 
+SURVIVOR = textwrap.dedent(
+    """
+    import sys
+    import eventsink
+    path, outbox = sys.argv[1:3]
+    client = eventsink.Client(sink="file", path=path, outbox=outbox, instance="survivor")
+    print("ready", flush=True)
+    sys.stdin.read()  # deliver whatever shows up in the shared outbox until told to stop
+    client.close()
+    """
+)
+
+
+class TestSharedOutbox:
+    """Two processes share one outbox: when one is killed, the other delivers its events."""
+
+    def test_a_running_process_takes_over_a_killed_ones_events(self, tmp_path):
+        child, survivor_script = tmp_path / "child.py", tmp_path / "survivor.py"
+        child.write_text(CHILD)
+        survivor_script.write_text(SURVIVOR)
+        outbox, ids_path = tmp_path / "outbox.db", tmp_path / "ids"
+        stalled_out, survivor_out = tmp_path / "stalled.jsonl", tmp_path / "survivor.jsonl"
+        survivor = subprocess.Popen(
+            [sys.executable, str(survivor_script), str(survivor_out), str(outbox)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert survivor.stdout.readline().strip() == "ready"
+            # One batch of 10 a minute: almost everything is still held by it when killed.
+            args = [str(child), str(stalled_out), str(outbox), str(ids_path), "300", "1"]
+            writer = subprocess.Popen(
+                [sys.executable, *args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert writer.stdout.readline().strip() == "written"
+
+            def delivered(path):
+                if not path.exists():
+                    return []
+                return [orjson.loads(line)["id"] for line in path.read_bytes().splitlines()]
+
+            def committed() -> bool:  # Client.write returns before the commit
+                with sqlite3.connect(outbox) as db:
+                    held = db.execute("select count(*) from eventsink_outbox").fetchone()[0]
+                return held + len(delivered(stalled_out)) >= 300
+
+            wait_until(committed, timeout=20)
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.wait()
+            written = set(ids_path.read_text().split())
+
+            # Both sinks have the same name ("file"), so the survivor delivers the dead
+            # process's rows, to its own file, after its next heartbeat (10 s).
+            wait_until(
+                lambda: set(delivered(stalled_out)) | set(delivered(survivor_out)) >= written,
+                timeout=30,
+            )
+            assert set(delivered(survivor_out)) == written - set(delivered(stalled_out))
+        finally:
+            survivor.communicate("", timeout=30)
+        with sqlite3.connect(outbox) as db:
+            assert db.execute("select count(*) from eventsink_outbox").fetchone()[0] == 0
+
+
 def test_memory_and_sqlite_agree_on_event_data(tmp_path):
     async def roundtrip(outbox):
         await outbox.open(["a"])
