@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Any
 
@@ -86,6 +86,7 @@ class PluginState:
     exclude: frozenset[str] = frozenset()
     config_source: str | None = None
     outbox_note: str = ""
+    drop_log: LogThrottle = field(default_factory=lambda: LogThrottle(60.0))
 
     def wants(self, name: str) -> bool:
         if self.events is not None and name not in self.events:
@@ -94,7 +95,6 @@ class PluginState:
 
 
 _states: weakref.WeakKeyDictionary[Any, PluginState] = weakref.WeakKeyDictionary()
-_drop_log = LogThrottle(60.0)
 
 
 def get_pipeline(datasette: Any) -> Pipeline | None:
@@ -272,16 +272,19 @@ def track_event(datasette: Any, event: Any) -> Any:
     state = _states.get(datasette)
     if state is None or state.pipeline is None or not state.wants(event.name):
         return None
-    return _enqueue(state.pipeline, state.table, event_row(event), event_created(event))
+    return _enqueue(state.pipeline, state, event_row(event), event_created(event))
 
 
-async def _enqueue(pipeline: Pipeline, table: str, data: dict[str, Any], created: str) -> None:
+async def _enqueue(
+    pipeline: Pipeline, state: PluginState, data: dict[str, Any], created: str
+) -> None:
     # Waits for the grouped local commit only. A refused event must never fail the request
-    # that caused it: it is counted by the pipeline and logged here, at most once a minute.
+    # that caused it: it is counted by the pipeline and logged here, at most once a minute
+    # for each Datasette instance.
     try:
-        await pipeline.write_async(table, data, created=created)
+        await pipeline.write_async(state.table, data, created=created)
     except EventsinkError as error:
-        suppressed = _drop_log.allow("drop")
+        suppressed = state.drop_log.allow("drop")
         if suppressed is not None:
             logger.warning(
                 "eventsink: a Datasette event was not recorded: %s%s",
