@@ -196,8 +196,7 @@ class Lane:
         """
         dropped = self.take_hot(count)
         if len(dropped.events) < count and self._spilled:
-            handles = self.take_spilled(count - len(dropped.events))
-            spilled = await self.outbox.read_leased(self.name, handles)  # for their sizes
+            spilled = await self._read_spilled(count - len(dropped.events))  # for their sizes
             if spilled is not None:
                 dropped.events += spilled.events
                 dropped.handles = [*dropped.handles, *spilled.handles]
@@ -312,20 +311,24 @@ class Lane:
         if self._hot:
             return self.take_hot(limit)
         if self._spilled:
-            handles = self.take_spilled(limit)
-            try:
-                leased = await self.outbox.read_leased(self.name, handles)
-            except BaseException:
-                self._spilled.appendleft(handles)  # still to be read
-                self._spilled_count += len(handles)
-                raise
-            found = len(leased.events) if leased else 0
-            if found < len(handles):
-                # Gone from the outbox: only another process that presumed this one dead
-                # (stalled past lease_seconds) and delivered them can have removed them.
-                self._finish(len(handles) - found)
-            return leased
+            return await self._read_spilled(limit)
         return None
+
+    async def _read_spilled(self, limit: int) -> Leased | None:
+        """Read back up to ``limit`` of the oldest spilled events from the outbox."""
+        handles = self.take_spilled(limit)
+        try:
+            leased = await self.outbox.read_leased(self.name, handles)
+        except BaseException:
+            self._spilled.appendleft(handles)  # still to be read
+            self._spilled_count += len(handles)
+            raise
+        found = len(leased.events) if leased else 0
+        if found < len(handles):
+            # Gone from the outbox: only another process that presumed this one dead
+            # (stalled past lease_seconds) and delivered them can have removed them.
+            self._finish(len(handles) - found)
+        return leased
 
     async def _wait_for_batch(self) -> None:
         """Return when a batch should be leased: full, old enough, flushing, or polling."""

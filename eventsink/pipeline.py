@@ -259,7 +259,10 @@ class Pipeline:
             for name, lane in self.lanes.items():
                 lane.offer(leased[name])
             if self.settings.overflow == "drop_oldest":
-                await self._drop_oldest()
+                try:
+                    await self._drop_oldest()
+                except Exception:  # the next append tries again; the writer must go on
+                    logger.exception("eventsink could not drop the oldest events")
         if group is not None and not group.done():
             group.set_result(None)
 
@@ -384,17 +387,22 @@ class Pipeline:
         return moved
 
     async def status(self) -> dict[str, Any]:
-        """A JSON-safe snapshot for status pages: per sink counts, errors and pauses."""
+        """A JSON-safe snapshot for status pages: per sink counts, errors and pauses.
+
+        ``in_flight`` counts the events in batches this process is sending (or retrying) now,
+        ``pending`` every other undelivered event of the sink in the outbox.
+        """
         backlog = await self.outbox.backlog()
         sinks = {}
         for name, lane in self.lanes.items():
             held = backlog.get(name)
             stats = lane.stats
+            stored = (held.pending + held.in_flight) if held else 0
             sinks[name] = {
                 "type": lane.sink.name,
                 "target": lane.sink.describe(),
-                "pending": held.pending if held else 0,
-                "in_flight": held.in_flight if held else 0,
+                "pending": max(0, stored - stats.in_flight),
+                "in_flight": stats.in_flight,
                 "oldest_pending": held.oldest_created if held else None,
                 "dead_letters": held.dead_letters if held else 0,
                 "delivered": stats.delivered,
