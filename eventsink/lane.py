@@ -99,11 +99,12 @@ class Lane:
         self.stats = LaneStats()
         self.pending = 0  # events in the outbox for this sink that nobody has leased
         # Events leased at append, oldest first: the first few batches in memory ("hot"), the
-        # rest ("spilled") as outbox handles only, read back when their turn comes.
+        # rest ("spilled") only in the outbox, known by the range of their handles and read
+        # back when their turn comes.
         self._hot: deque[Leased] = deque()
         self._hot_count = 0
         self._hot_limit = HOT_BATCHES * settings.batch_limit if outbox.reads_back else None
-        self._spilled: deque[Sequence[Any]] = deque()
+        self._spill_first = self._spill_last = 0
         self._spilled_count = 0
         self.settled = 0
         self._first_pending_at: float | None = None
@@ -147,11 +148,13 @@ class Lane:
         was = self.available
         count = len(leased.handles)
         room = self._hot_limit is None or self._hot_count + count <= self._hot_limit
-        if room and not self._spilled:
+        if room and not self._spilled_count:
             self._hot.append(leased)
             self._hot_count += count
-        else:  # memory holds enough: keep only the handles, read the events back later
-            self._spilled.append(leased.handles)
+        else:  # memory holds enough: the events are read back from the outbox later
+            if not self._spilled_count:
+                self._spill_first = leased.handles[0]
+            self._spill_last = leased.handles[-1]
             self._spilled_count += count
         self._arrived(was)
 
@@ -173,21 +176,6 @@ class Lane:
         self._hot_count -= len(events)
         return Leased(events, handles)
 
-    def take_spilled(self, limit: int) -> list[Any]:
-        """Up to ``limit`` of the oldest handles of spilled events (for reading or dropping)."""
-        handles: list[Any] = []
-        while self._spilled and len(handles) < limit:
-            chunk = self._spilled[0]
-            room = limit - len(handles)
-            if len(chunk) <= room:
-                self._spilled.popleft()
-                handles += chunk
-            else:
-                handles += chunk[:room]
-                self._spilled[0] = chunk[room:]
-        self._spilled_count -= len(handles)
-        return handles
-
     async def discard_oldest(self, count: int) -> list[Event]:
         """Remove up to ``count`` of the oldest events leased at append and not yet sent.
 
@@ -195,7 +183,7 @@ class Lane:
         confirming them. Returns the removed events.
         """
         dropped = self.take_hot(count)
-        if len(dropped.events) < count and self._spilled:
+        if len(dropped.events) < count and self._spilled_count:
             spilled = await self._read_spilled(count - len(dropped.events))  # for their sizes
             if spilled is not None:
                 dropped.events += spilled.events
@@ -310,24 +298,24 @@ class Lane:
             return await self._lease_backlog(limit)
         if self._hot:
             return self.take_hot(limit)
-        if self._spilled:
+        if self._spilled_count:
             return await self._read_spilled(limit)
         return None
 
     async def _read_spilled(self, limit: int) -> Leased | None:
         """Read back up to ``limit`` of the oldest spilled events from the outbox."""
-        handles = self.take_spilled(limit)
-        try:
-            leased = await self.outbox.read_leased(self.name, handles)
-        except BaseException:
-            self._spilled.appendleft(handles)  # still to be read
-            self._spilled_count += len(handles)
-            raise
+        leased = await self.outbox.read_leased(
+            self.name, self._spill_first, self._spill_last, limit
+        )
         found = len(leased.events) if leased else 0
-        if found < len(handles):
-            # Gone from the outbox: only another process that presumed this one dead
-            # (stalled past lease_seconds) and delivered them can have removed them.
-            self._finish(len(handles) - found)
+        if leased is not None:
+            self._spill_first = leased.handles[-1] + 1
+        self._spilled_count -= found
+        if found < limit and self._spilled_count:
+            # The range is read to its end, yet some are missing: only another process that
+            # presumed this one dead (stalled past lease_seconds) can have taken them.
+            self._finish(self._spilled_count)
+            self._spilled_count = 0
         return leased
 
     async def _wait_for_batch(self) -> None:

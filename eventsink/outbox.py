@@ -92,7 +92,8 @@ class Outbox(ABC):
     #: True when committed events survive the process.
     durable: bool = False
     #: True when events leased at append can be read back with :meth:`read_leased`, so a lane
-    #: need not keep more than a few batches of them in memory.
+    #: need not keep more than a few batches of them in memory. Such an outbox's handles are
+    #: integers that increase with each append.
     reads_back: bool = False
     #: ``max_events`` when the configuration gives none.
     default_max_events: int = 100_000
@@ -120,8 +121,9 @@ class Outbox(ABC):
     async def lease(self, sink: str, limit: int) -> Leased | None:
         """Lease up to ``limit`` of the oldest unleased events of ``sink``; ``None`` if none."""
 
-    async def read_leased(self, sink: str, handles: Sequence[Any]) -> Leased | None:
-        """The events of ``handles`` (leased at append) that are still in the outbox."""
+    async def read_leased(self, sink: str, first: int, last: int, limit: int) -> Leased | None:
+        """Up to ``limit`` of the events leased at append with handles from ``first`` to
+        ``last``, oldest first (events leased later with :meth:`lease` are not included)."""
         raise NotImplementedError(f"{type(self).__name__} keeps leased events in memory")
 
     @abstractmethod

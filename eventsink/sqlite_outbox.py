@@ -18,7 +18,9 @@ What survives what:
 Several processes may share one outbox file. Each row is *held* by at most one process, named
 in ``lease_owner``: rows a process appends are held by it from the start (so it delivers them
 without another process taking them, and without an UPDATE per row to lease them), and rows
-nobody holds (left by a process that ended, or replayed) are claimed a batch at a time. A
+nobody holds (left by a process that ended, or replayed) are claimed a batch at a time, under a
+second name of the process (``<owner>/claimed``), so that reading back its own appended rows
+by a range of ``seq`` never picks up a claimed one. A
 holder proves it is alive by renewing one row in ``eventsink_owners`` every ``HEARTBEAT_SECONDS``
 and looks for holders that died: the rows of a holder on this host whose process is gone return
 to everyone within a heartbeat, those of a holder that stopped renewing after ``lease_seconds``.
@@ -91,6 +93,7 @@ _COLUMNS = "id, table_name, instance, created, data"
 _CHUNK = 500  # rows per "in (...)" statement, well under SQLite's parameter limit
 LEASE_SECONDS = 300.0  # a holder that has not renewed for this long is presumed dead
 HEARTBEAT_SECONDS = 10.0  # how often a holder renews and looks for holders that died
+CLAIMED = "/claimed"  # suffix of the name under which a process holds rows it claimed
 ACK_DELAY = 0.01  # seconds an acked row may wait for its delete to join another transaction
 
 
@@ -193,6 +196,7 @@ _OPEN_OWNERS: set[str] = set()
 def _owner_is_dead(owner: str, host: str) -> bool:
     owner_host, _, rest = owner.partition(":")
     pid = rest.partition(":")[0]
+    owner = owner.removesuffix(CLAIMED)
     if owner_host != host or not pid.isdigit():
         return False  # another machine's owner: wait until it stops renewing
     if int(pid) == os.getpid():
@@ -206,12 +210,14 @@ def _owner_is_dead(owner: str, host: str) -> bool:
     return False
 
 
-def _forget_dead_owners(connection: sqlite3.Connection, me: str, host: str, now: float) -> int:
+def _forget_dead_owners(
+    connection: sqlite3.Connection, mine: Sequence[str], host: str, now: float
+) -> int:
     """Delete the owners that stopped renewing or whose process is gone; return how many."""
     dead = [
         (owner,)
         for owner, until in connection.execute("select owner, until from eventsink_owners")
-        if owner != me and (until < now or _owner_is_dead(owner, host))
+        if owner not in mine and (until < now or _owner_is_dead(owner, host))
     ]
     connection.executemany("delete from eventsink_owners where owner = ?", dead)
     return len(dead)
@@ -251,6 +257,7 @@ class SQLiteOutbox(Outbox):
         self.lease_seconds = lease_seconds
         self._host = socket.gethostname()
         self.owner = f"{self._host}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.claimer = self.owner + CLAIMED
         self._heartbeat: asyncio.Task[None] | None = None
         self._acked: list[int] = []  # confirmed rows whose delete rides the next transaction
         self._ack_flush: asyncio.Future[None] | None = None
@@ -259,19 +266,19 @@ class SQLiteOutbox(Outbox):
         return f"<SQLiteOutbox {self.path or self.runner!r}>"
 
     async def open(self, sinks: Sequence[str]) -> dict[str, SinkBacklog]:
-        me, host = self.owner, self._host
-        _OPEN_OWNERS.add(me)
+        names, host = (self.owner, self.claimer), self._host
+        _OPEN_OWNERS.add(self.owner)
 
         def prepare(connection: sqlite3.Connection) -> None:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     connection.execute(statement)
             now = time.time()
-            connection.execute(
+            connection.executemany(
                 "insert or replace into eventsink_owners (owner, until) values (?, ?)",
-                [me, now + self.lease_seconds],
+                [(name, now + self.lease_seconds) for name in names],
             )
-            _forget_dead_owners(connection, me, host, now)
+            _forget_dead_owners(connection, names, host, now)
             released = _release_orphans(connection)
             if released:
                 logger.info(
@@ -285,15 +292,15 @@ class SQLiteOutbox(Outbox):
 
     async def _keep_alive(self) -> None:
         """Renew this process's hold, and return the rows of holders that died."""
-        me, host = self.owner, self._host
+        names, host = (self.owner, self.claimer), self._host
 
         def renew(connection: sqlite3.Connection) -> None:
             now = time.time()
             renewed = connection.execute(
-                "update eventsink_owners set until = ? where owner = ?",
-                [now + self.lease_seconds, me],
+                "update eventsink_owners set until = ? where owner in (?, ?)",
+                [now + self.lease_seconds, *names],
             ).rowcount
-            if not renewed:
+            if renewed < len(names):
                 # Presumed dead while this process was stalled: its rows may have been taken
                 # (and may be delivered twice, which the ids absorb). Hold what is left.
                 logger.warning(
@@ -301,11 +308,11 @@ class SQLiteOutbox(Outbox):
                     "another process may deliver some of its events too",
                     self.lease_seconds,
                 )
-                connection.execute(
-                    "insert into eventsink_owners (owner, until) values (?, ?)",
-                    [me, now + self.lease_seconds],
+                connection.executemany(
+                    "insert or replace into eventsink_owners (owner, until) values (?, ?)",
+                    [(name, now + self.lease_seconds) for name in names],
                 )
-            if _forget_dead_owners(connection, me, host, now):
+            if _forget_dead_owners(connection, names, host, now):
                 _release_orphans(connection)
 
         while True:
@@ -344,7 +351,7 @@ class SQLiteOutbox(Outbox):
         return {sink: Leased(list(events), seqs) for sink, seqs in handles.items()}
 
     async def lease(self, sink: str, limit: int) -> Leased | None:
-        owner = self.owner
+        owner = self.claimer
 
         def claim(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return connection.execute(
@@ -359,19 +366,20 @@ class SQLiteOutbox(Outbox):
         rows.sort(key=lambda row: row[0])  # RETURNING gives no order guarantee
         return _leased(rows)
 
-    async def read_leased(self, sink: str, handles: Sequence[int]) -> Leased | None:
-        owner, wanted = self.owner, set(handles)
+    async def read_leased(self, sink: str, first: int, last: int, limit: int) -> Leased | None:
+        owner = self.owner
 
         def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            # One range scan of the primary key; rows of other sinks or holders in between
-            # are skipped by the conditions, rows this process claimed meanwhile by the filter.
+            # A range scan of the primary key: rows of other sinks or holders in between, and
+            # rows this process claimed (held as self.claimer), are skipped.
             return connection.execute(
                 f"select seq, {_COLUMNS}, attempts, first_failure from eventsink_outbox "
-                "where seq between ? and ? and sink = ? and lease_owner = ? order by seq",
-                [min(handles), max(handles), sink, owner],
+                "where seq between ? and ? and sink = ? and lease_owner = ? order by seq "
+                "limit ?",
+                [first, last, sink, owner, limit],
             ).fetchall()
 
-        return _leased([row for row in await self._run(read) if row[0] in wanted])
+        return _leased(await self._run(read))
 
     async def _by_handles(self, sql: str, leased: Leased, *params: Any) -> None:
         handles = leased.handles
@@ -560,11 +568,14 @@ class SQLiteOutbox(Outbox):
     async def close(self) -> None:
         owner = self.owner
 
+        names = (owner, self.claimer)
+
         def release_all(connection: sqlite3.Connection) -> None:
             connection.execute(
-                "update eventsink_outbox set lease_owner = null where lease_owner = ?", [owner]
+                "update eventsink_outbox set lease_owner = null where lease_owner in (?, ?)",
+                names,
             )
-            connection.execute("delete from eventsink_owners where owner = ?", [owner])
+            connection.execute("delete from eventsink_owners where owner in (?, ?)", names)
 
         for task in (self._ack_flush, self._heartbeat):
             if task is not None:

@@ -341,6 +341,24 @@ class TestHolding:
         await pipeline.close()
         assert await SQLiteOutbox(tmp_path / "outbox.db").open(["memory"]) == {}
 
+    async def test_reading_back_skips_rows_claimed_inside_the_range(self, tmp_path):
+        outbox = SQLiteOutbox(tmp_path / "outbox.db")
+        other = SQLiteOutbox(tmp_path / "outbox.db")  # another process, appending for anyone
+        await outbox.open(["a"])
+        await other.open(["a"])
+        first = (await outbox.append(make_events(5), ["a"], ["a"]))["a"]
+        await other.append(make_events(5), ["a"])
+        second = (await outbox.append(make_events(5), ["a"], ["a"]))["a"]
+        claimed = await outbox.lease("a", 10)  # the other's rows, now in flight here
+        assert claimed is not None and len(claimed.events) == 5
+        back = await outbox.read_leased("a", first.handles[0], second.handles[-1], 100)
+        assert back is not None
+        assert [e.id for e in back.events] == [e.id for e in first.events + second.events]
+        limited = await outbox.read_leased("a", first.handles[0], second.handles[-1], 3)
+        assert limited is not None and limited.handles == list(first.handles[:3])
+        await other.close()
+        await outbox.close()
+
     async def test_drop_oldest_reaches_spilled_events(self, tmp_path):
         outbox = SQLiteOutbox(tmp_path / "outbox.db")
         pipeline = gated_pipeline(outbox, batch_limit=10, max_events=500, overflow="drop_oldest")
@@ -428,7 +446,7 @@ class TestOwners:
             return [row[0] for row in connection.execute("select owner from eventsink_owners")]
 
         deadline = asyncio.get_running_loop().time() + 5
-        while await outbox.runner.run(owners) != [outbox.owner]:
+        while sorted(await outbox.runner.run(owners)) != [outbox.owner, outbox.claimer]:
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.02)
         assert "did not renew its hold" in caplog.text
