@@ -394,6 +394,17 @@ class TestConsume:
         assert process.returncode == 0, stderr.decode()
         return stderr.decode()
 
+    async def fetching(self, server: NatsServer, workers: int) -> bool:
+        """Whether ``workers`` pull requests wait on the shared durable consumer."""
+        nc = await nats.connect(server.url)
+        try:
+            info = await nc.jetstream().consumer_info(STREAM, "loaders")
+        except Exception:  # not created yet: no worker has started
+            return False
+        finally:
+            await nc.close()
+        return info.num_waiting >= workers
+
     async def consumer_idle(self, server: NatsServer) -> bool:
         nc = await nats.connect(server.url)
         info = await nc.jetstream().consumer_info(STREAM, "loaders")
@@ -403,10 +414,16 @@ class TestConsume:
     async def test_two_workers_share_and_store_each_event_once(
         self, server: NatsServer, tmp_path: Path
     ) -> None:
-        events = await self.publish(server, 10_000)
         db = tmp_path / "events.db"
+        sink = sink_for(server)
+        await sink.open()  # creates the stream the workers read
+        await sink.close()
         workers = [self.worker(server, db, "--batch", "250") for _ in range(2)]
         try:
+            # Both must be fetching before anything is published, or the first one up can
+            # drain all 10,000 (it takes well under a second) before the other starts.
+            await async_wait_until(lambda: self.fetching(server, 2), timeout=60)
+            events = await self.publish(server, 10_000)
             await async_wait_until(_true_after(lambda: self.rows(db)[0] >= 10_000), timeout=120)
             await async_wait_until(lambda: self.consumer_idle(server), timeout=30)
         finally:
