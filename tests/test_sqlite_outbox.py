@@ -270,7 +270,10 @@ class TestSharedOutbox:
                 lambda: set(delivered(stalled_out)) | set(delivered(survivor_out)) >= written,
                 timeout=30,
             )
-            assert set(delivered(survivor_out)) == written - set(delivered(stalled_out))
+            taken_over, stalled = set(delivered(survivor_out)), set(delivered(stalled_out))
+            assert taken_over >= written - stalled
+            # The batch the killed process had in flight may be delivered by both, never more.
+            assert len(taken_over & stalled) <= 10
         finally:
             survivor.communicate("", timeout=30)
         with sqlite3.connect(outbox) as db:
