@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from eventsink.nats_source import JetStreamConsumer, consume_settings, event_fro
 from eventsink.outbox import MemoryOutbox
 from eventsink.pipeline import Pipeline
 from eventsink.plugins import lookup, make_plugin_manager, sink_classes
-from eventsink.testing import MemorySink, wait_until
+from eventsink.testing import MemorySink, async_wait_until, wait_until
 from eventsink.testing.receiver import free_port
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (pip install -e '.[test]')")
@@ -38,15 +38,6 @@ pytestmark = pytest.mark.skipif(
     NATS_SERVER is None, reason="nats-server is not installed (apt-get install nats-server)"
 )
 STREAM = "EVENTS"
-
-
-async def async_wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := await predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
-    return result
 
 
 def port_open(port: int) -> bool:
@@ -325,11 +316,11 @@ class TestNatsOutage:
                     await asyncio.sleep(0.01)  # a steady stream, not one burst
 
         await write(2000)
-        await async_wait_until(lambda: _settled(lane, 2000))
+        await async_wait_until(lambda: _settled(lane, 2000), timeout=30)
         server.stop()
         down_at = time.monotonic()
         await write(3000)  # published into a dead connection
-        await async_wait_until(_true_after(lambda: lane.stats.failed_attempts > 0))
+        await async_wait_until(lambda: lane.stats.failed_attempts > 0, timeout=30)
         # Down for 10 s of failed attempts: publishes time out, are retried, land once back.
         await asyncio.sleep(max(0.0, 10.0 - (time.monotonic() - down_at)))
         server.start()
@@ -344,13 +335,6 @@ class TestNatsOutage:
 
 async def _settled(lane: Any, count: int) -> bool:
     return lane.stats.delivered >= count
-
-
-def _true_after(predicate: Callable[[], bool]) -> Callable[[], Any]:
-    async def check() -> bool:
-        return predicate()
-
-    return check
 
 
 class TestConsume:
@@ -422,10 +406,10 @@ class TestConsume:
         try:
             # Both must be fetching before anything is published, or the first one up can
             # drain all 10,000 (it takes well under a second) before the other starts.
-            await async_wait_until(lambda: self.fetching(server, 2), timeout=60)
+            await async_wait_until(lambda: self.fetching(server, 2), timeout=60, interval=0.1)
             events = await self.publish(server, 10_000)
-            await async_wait_until(_true_after(lambda: self.rows(db)[0] >= 10_000), timeout=120)
-            await async_wait_until(lambda: self.consumer_idle(server), timeout=30)
+            await async_wait_until(lambda: self.rows(db)[0] >= 10_000, timeout=120)
+            await async_wait_until(lambda: self.consumer_idle(server), timeout=30, interval=0.1)
         finally:
             try:
                 outputs = [self.stop(worker) for worker in workers]
@@ -451,11 +435,11 @@ class TestConsume:
         victim = self.worker(server, db, "--batch", "200", "--ack-wait", "2")
         survivor = self.worker(server, db, "--batch", "200", "--ack-wait", "2")
         try:
-            await async_wait_until(_true_after(lambda: self.rows(db)[0] >= 2000), timeout=120)
+            await async_wait_until(lambda: self.rows(db)[0] >= 2000, timeout=120)
             victim.send_signal(signal.SIGKILL)
             victim.wait(timeout=10)
-            await async_wait_until(_true_after(lambda: self.rows(db)[0] >= 10_000), timeout=120)
-            await async_wait_until(lambda: self.consumer_idle(server), timeout=30)
+            await async_wait_until(lambda: self.rows(db)[0] >= 10_000, timeout=120)
+            await async_wait_until(lambda: self.consumer_idle(server), timeout=30, interval=0.1)
         finally:
             if victim.poll() is None:
                 victim.kill()
@@ -505,13 +489,13 @@ class TestConsumeDeadLetters:
         )
         running = asyncio.ensure_future(consumer.run())
         try:
-            await async_wait_until(_true_after(lambda: len(sink.ids) == 19), timeout=30)
+            await async_wait_until(lambda: len(sink.ids) == 19, timeout=30)
 
             async def idle() -> bool:
                 info = await js.consumer_info(STREAM, "dl")
                 return info.num_pending == 0 and info.num_ack_pending == 0
 
-            await async_wait_until(idle, timeout=30)
+            await async_wait_until(idle, timeout=30, interval=0.1)
         finally:
             consumer.stop()
             await asyncio.wait_for(running, 30)

@@ -22,7 +22,7 @@ from eventsink.exceptions import OverflowDropped
 from eventsink.outbox import MemoryOutbox
 from eventsink.pipeline import Pipeline
 from eventsink.plugins import lookup, make_plugin_manager, sink_classes
-from eventsink.testing import FlakySink, plugin_manager
+from eventsink.testing import FlakySink, plugin_manager, wait_until
 
 
 class RecordingSink(Sink):
@@ -86,9 +86,7 @@ class TestBatching:
     def test_partial_batch_sent_after_flush_interval_without_flush(self):
         with make_client(batch_limit=1000, flush_interval=0.05) as client:
             client.write("t", {"n": 1})
-            deadline = time.monotonic() + 5
-            while not sink_of(client).delivered and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: sink_of(client).delivered)
             assert len(sink_of(client).delivered) == 1
 
 
@@ -218,10 +216,7 @@ class TestRetries:
         with make_client(batch_limit=2, pause_interval=0.2) as client:
             sink_of(client).script = [SinkPausedError("token lacks insert-row", status=403)]
             client.write("t", {"n": 1})
-            deadline = time.monotonic() + 5
-            while client.status()["sinks"]["recording"]["paused"] is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            wait_until(lambda: client.status()["sinks"]["recording"]["paused"] is not None)
             assert client.flush(10)
             assert len(sink_of(client).delivered) == 1
             assert client.status()["sinks"]["recording"]["paused"] is None
@@ -231,10 +226,7 @@ class TestRetries:
         client = make_client(batch_limit=1, flush_interval=0, pause_interval=60)
         sink_of(client).script = [SinkPausedError("token refused", status=401)]
         client.write("t", {"n": 1})
-        deadline = time.monotonic() + 5
-        while client.status()["sinks"]["recording"]["paused"] is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: client.status()["sinks"]["recording"]["paused"] is not None)
         started = time.monotonic()
         assert client.close(timeout=120) == 1  # kept, not delivered, not lost
         assert time.monotonic() - started < 60  # it gave up on the paused sink at once

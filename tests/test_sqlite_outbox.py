@@ -21,7 +21,7 @@ from eventsink.outbox import Failure, MemoryOutbox
 from eventsink.pipeline import Pipeline
 from eventsink.plugins import lookup, sink_classes
 from eventsink.sqlite_outbox import SQLiteOutbox
-from eventsink.testing import MemorySink, plugin_manager, wait_until
+from eventsink.testing import MemorySink, async_wait_until, plugin_manager, wait_until
 
 
 def make_events(count: int) -> list[Event]:
@@ -394,13 +394,7 @@ class TestOwners:
         assert await alive.lease("a", 10) is None  # held by a live process
         stalled._heartbeat.cancel()  # it stops renewing, as a frozen process would
 
-        async def taken():
-            return await alive.lease("a", 10)
-
-        deadline = asyncio.get_running_loop().time() + 5
-        while (leased := await taken()) is None:
-            assert asyncio.get_running_loop().time() < deadline, "rows never returned"
-            await asyncio.sleep(0.05)
+        leased = await async_wait_until(lambda: alive.lease("a", 10))
         assert len(leased.events) == 5
         await alive.close()
         await stalled.runner.close()
@@ -448,9 +442,9 @@ class TestOwners:
         def owners(connection):
             return [row[0] for row in connection.execute("select owner from eventsink_owners")]
 
-        deadline = asyncio.get_running_loop().time() + 5
-        while sorted(await outbox.runner.run(owners)) != [outbox.owner, outbox.claimer]:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.02)
+        async def registered_again():
+            return sorted(await outbox.runner.run(owners)) == [outbox.owner, outbox.claimer]
+
+        await async_wait_until(registered_again)
         assert "did not renew its hold" in caplog.text
         await outbox.close()

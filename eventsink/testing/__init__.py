@@ -13,6 +13,8 @@ the fixtures ``memory_sink``, ``flaky_sink``, ``captured_events`` and ``datasett
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,6 +36,7 @@ __all__ = [
     "FlakySink",
     "MemorySink",
     "SinkContract",
+    "async_wait_until",
     "capture_events",
     "error_for_status",
     "make_events",
@@ -71,6 +74,25 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{predicate!r} stayed false for {timeout}s")
         time.sleep(interval)
+
+
+async def async_wait_until(
+    predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01
+) -> Any:
+    """:func:`wait_until` for coroutines: the event loop keeps running while it waits.
+
+    ``predicate`` may be a plain function or return an awaitable.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{predicate!r} stayed false for {timeout}s")
+        await asyncio.sleep(interval)
 
 
 def make_events(
