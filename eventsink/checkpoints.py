@@ -13,10 +13,11 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
+
+from .sqlite_files import connect
 
 SCHEMA = """
 create table if not exists eventsink_checkpoints (
@@ -59,11 +60,7 @@ class CheckpointStore:
         if self._connection is None:
             if self.path is None:
                 raise RuntimeError("an in-memory checkpoint store has no connection")
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30, check_same_thread=False
-            )
-            connection.execute("pragma journal_mode=wal")
+            connection = connect(self.path, durability=None, check_same_thread=False)
             connection.execute(SCHEMA)
             self._connection = connection
         return self._connection

@@ -33,6 +33,7 @@ from .outbox import MemoryOutbox, Outbox
 from .pacing import LogThrottle
 from .pipeline import Pipeline
 from .plugins import lookup, make_plugin_manager, sink_classes
+from .sqlite_files import use_wal
 from .sqlite_outbox import DatasetteRunner, SQLiteOutbox
 
 logger = logging.getLogger("eventsink")
@@ -158,13 +159,9 @@ async def tune_internal_database(internal: Any, durability: str) -> None:
     ``synchronous=NORMAL`` survives a process crash, like eventsink's own outbox files;
     ``durability: fsync`` keeps FULL.
     """
-    synchronous = "FULL" if durability == "fsync" else "NORMAL"
-
-    def tune(connection: Any) -> None:
-        connection.execute("pragma journal_mode=wal")
-        connection.execute(f"pragma synchronous={synchronous}")
-
-    await internal.execute_write_fn(tune, transaction=False)
+    await internal.execute_write_fn(
+        lambda connection: use_wal(connection, durability), transaction=False
+    )
 
 
 def make_plugin_outbox(datasette: Any, settings: Settings) -> tuple[Outbox, str]:

@@ -39,11 +39,11 @@ import time
 from collections.abc import Callable, Sequence
 from functools import cache
 from itertools import chain
-from pathlib import Path
 from typing import Any, TypeVar
 
 from .event import Event
 from .outbox import DeadLetter, Failure, Leased, Outbox, SinkBacklog
+from .sqlite_files import connect
 from .threads import WorkerThreads
 
 T = TypeVar("T")
@@ -143,18 +143,13 @@ class ThreadRunner(Runner):
 
     def __init__(self, path: str, *, durability: str = "normal") -> None:
         self.path = path
-        self._synchronous = "FULL" if durability == "fsync" else "NORMAL"
+        self._durability = durability
         self._thread = WorkerThreads(1, "eventsink-outbox")
         self._connection: sqlite3.Connection | None = None
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._connection is None:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            connection.execute("pragma journal_mode=wal")
-            connection.execute(f"pragma synchronous={self._synchronous}")
-            self._connection = connection
+            self._connection = connect(self.path, durability=self._durability)
         connection = self._connection
         connection.execute("begin immediate")
         try:

@@ -27,6 +27,7 @@ from eventsink.event import Event
 from eventsink.exceptions import ConfigError, RejectedError, RetryableError
 from eventsink.hookspecs import hookimpl
 from eventsink.sink import Sink
+from eventsink.sqlite_files import connect
 
 logger = logging.getLogger("eventsink")
 
@@ -80,15 +81,11 @@ class SQLiteSink(Sink):
 
     def _connect(self) -> sqlite_utils.Database:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             # send() runs in whichever eventsink worker thread is free; the lane calls
             # it one batch at a time, so sharing the connection across threads is safe.
-            connection = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            connection = connect(
+                self.path, durability=self.config["durability"], check_same_thread=False
             )
-            connection.execute("pragma journal_mode=wal")
-            synchronous = "FULL" if self.config["durability"] == "fsync" else "NORMAL"
-            connection.execute(f"pragma synchronous={synchronous}")
         except (OSError, sqlite3.Error) as error:
             raise ConfigError(
                 f"config key 'path': cannot open {str(self.path)!r} as a SQLite database: {error}",
