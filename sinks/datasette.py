@@ -174,6 +174,7 @@ class DatasetteSink(Sink):
         self._transport = transport
         self._client = client
         self._own_client = client is None
+        self._retired_tokens: list[str] = []  # replaced by a newer one from the token's file
         self._created: set[str] = set()  # tables this sink has created (or seen exist)
 
     @classmethod
@@ -317,8 +318,12 @@ class DatasetteSink(Sink):
     def _reload_token(self) -> bool:
         """Pick up a new token from the token's file (``{"$file": PATH}``), if it changed."""
         token = self.config["api_token"]
-        if not isinstance(token, Secret) or not token.reload():
+        if not isinstance(token, Secret):
             return False
+        previous = token.reveal()
+        if not token.reload():
+            return False
+        self._retired_tokens.append(previous)  # still scrubbed, should a receiver echo it
         if self._client is not None:
             self._client.headers["authorization"] = f"Bearer {token.reveal()}"
         logger.info("eventsink datasette sink %s: read a new token from its file", self.describe())
@@ -327,8 +332,10 @@ class DatasetteSink(Sink):
     def _scrub(self, text: Any) -> str:
         """``text`` with the token blanked out, should a receiver or proxy echo it."""
         text = str(text)
-        token = reveal(self.config["api_token"])
-        return text.replace(token, "********") if token else text
+        for token in (reveal(self.config["api_token"]), *self._retired_tokens):
+            if token:
+                text = text.replace(token, "********")
+        return text
 
     def _error(self, response: httpx.Response, message: str, table: str, action: str) -> Exception:
         status = response.status_code
