@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eventsink.event import Event
 from eventsink.ids import IdGenerator
-from eventsink.sqlite_outbox import SQLiteOutbox
+from eventsink.outbox.sqlite import SQLiteOutbox
 from eventsink.testing.receiver import DatasetteReceiver
 
 

@@ -31,7 +31,7 @@ from eventsink.sinks.sqlite import SQLiteSink
 from eventsink.config import DeliverySettings, SinkConfig
 from eventsink.event import Event
 from eventsink.ids import IdGenerator
-from eventsink.nats_source import JetStreamConsumer, consume_settings
+from eventsink.nats.consumer import JetStreamConsumer, consume_settings
 from eventsink.plugins import make_plugin_manager
 
 

@@ -33,9 +33,9 @@ from eventsink.config import parse_config
 from eventsink.event import Event
 from eventsink.ids import IdGenerator
 from eventsink.outbox import MemoryOutbox, Outbox
-from eventsink.pipeline import Pipeline
+from eventsink.outbox.sqlite import SQLiteOutbox
+from eventsink.pipeline.pipeline import Pipeline
 from eventsink.plugins import lookup, make_plugin_manager, sink_classes
-from eventsink.sqlite_outbox import SQLiteOutbox
 
 SINK = "null"
 

@@ -18,10 +18,10 @@ from .exceptions import (
 )
 from .hookspecs import hookimpl, hookspec
 from .outbox import MemoryOutbox, Outbox
-from .pipeline import Pipeline
+from .outbox.sqlite import SQLiteOutbox
+from .pipeline.pipeline import Pipeline
+from .pull.source import DataSource
 from .sink import Sink
-from .source import DataSource
-from .sqlite_outbox import SQLiteOutbox
 
 __all__ = [
     "Client",

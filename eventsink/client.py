@@ -6,7 +6,7 @@
         client.on("error", lambda sink, batch, error, final: print(error))
         client.write("signups", {"user": "ada", "plan": "pro"})
 
-The client runs a :class:`~eventsink.pipeline.Pipeline` on a daemon thread with its own event
+The client runs a :class:`~eventsink.Pipeline` on a daemon thread with its own event
 loop. ``write`` returns the event's id at once: it never waits on the network. ``flush`` waits
 until everything written so far is delivered; ``close`` (or leaving the ``with`` block) flushes
 with a deadline and stops. A client still open at interpreter exit is closed then, with a
@@ -28,7 +28,7 @@ import pluggy
 from .config import parse_config
 from .exceptions import ClosedError
 from .hookspecs import hookimpl
-from .pipeline import Pipeline
+from .pipeline.pipeline import Pipeline
 from .plugins import lookup, make_plugin_manager, sink_classes
 
 logger = logging.getLogger("eventsink")

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from .config import Option, validate_options
 from .event import Event
-from .threads import SYNC_CALLS
+from .pipeline.threads import SYNC_CALLS
 
 
 @runtime_checkable

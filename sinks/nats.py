@@ -21,7 +21,7 @@ from eventsink.config import Option
 from eventsink.event import Event
 from eventsink.exceptions import ConfigError, PermanentError, RetryableError, SinkPausedError
 from eventsink.hookspecs import hookimpl
-from eventsink.nats_connection import (
+from eventsink.nats.connection import (
     CONNECTION_OPTIONS,
     check_connection_config,
     classify,

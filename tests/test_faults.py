@@ -129,6 +129,7 @@ def token_env(monkeypatch: pytest.MonkeyPatch, receiver: DatasetteReceiver) -> p
 class TestSenderKilled:
     """A sender killed with SIGKILL right after its last response loses and repeats nothing."""
 
+    @pytest.mark.slow
     def test_500_requests_then_kill_9_give_501_events(self, tmp_path, receiver, token_env):
         table = events_table()
         plugin = {
@@ -180,6 +181,7 @@ class TestReceiverDown:
 
     OUTAGE = 20.0  # seconds, as in the issue
 
+    @pytest.mark.slow
     def test_50_events_arrive_within_10s_of_the_receiver_returning(
         self, tmp_path, receiver, token_env
     ):
@@ -290,6 +292,7 @@ class TestErrorsThenHealthy:
     RETRY_INITIAL = 0.5  # the defaults
     RETRY_MAX = 5.0
 
+    @pytest.mark.slow
     def test_500_then_429_then_healthy(self, tmp_path, flaky):
         client = eventsink.Client(
             sink="datasette",
@@ -366,6 +369,7 @@ class TestWrongToken:
 class TestPoisonEvent:
     """One event the receiver rejects is dead-lettered alone and replayed once it is fixed."""
 
+    @pytest.mark.slow
     def test_one_rejected_event_then_replay(self, tmp_path, receiver, token_env):
         table = events_table()
         # A trigger, not a CHECK constraint: the sink inserts with "ignore", and INSERT OR

@@ -18,7 +18,7 @@ import httpx
 from eventsink.config import reveal
 from eventsink.exceptions import ConfigError, PermanentError, RetryableError
 from eventsink.hookspecs import hookimpl
-from eventsink.source import DataSource
+from eventsink.pull.source import DataSource
 
 CONFIG = {
     "title": "Datasette table (incremental copy)",

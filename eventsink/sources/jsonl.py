@@ -11,7 +11,7 @@ import orjson
 from eventsink.config import reveal
 from eventsink.exceptions import ConfigError, PermanentError
 from eventsink.hookspecs import hookimpl
-from eventsink.source import DataSource
+from eventsink.pull.source import DataSource
 
 CONFIG = {
     "title": "JSON lines file",

@@ -43,7 +43,7 @@ from ..config import DeliverySettings, Secret, Settings, SinkConfig
 from ..event import Event
 from ..exceptions import ConfigError, DeliveryError
 from ..outbox import MemoryOutbox
-from ..pipeline import Pipeline
+from ..pipeline.pipeline import Pipeline
 from ..plugins import make_plugin_manager
 from ..sink import Sink, call_maybe_sync
 from . import make_events

@@ -1,0 +1,284 @@
+"""``eventsink pull SOURCE`` and ``eventsink sources``: pull data sources from the command line.
+
+Each installed source is a sub-command of ``pull``, so ``eventsink pull datasette --help``
+shows that source's parameters (from its module's ``CONFIG``). Parameters are given as
+``-p name=value`` or ``--name value``; secret ones may also come from the environment
+(``EVENTSINK_<SOURCE>_<NAME>``), which keeps them out of the process list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import parse_config
+from ..exceptions import ConfigError, EventsinkError
+from ..pipeline.pipeline import Pipeline, default_outbox_path
+from ..plugins import lookup, make_plugin_manager, sink_classes, source_classes
+from ..pull.checkpoints import CheckpointStore
+from ..pull.puller import DEFAULT_READ_SIZE, Puller, masked
+from ..pull.source import DataSource
+from .common import load_config_file
+
+logger = logging.getLogger("eventsink")
+
+
+def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not name:
+            raise click.UsageError(f"{flag} takes name=value, not {value!r}")
+        pairs[name.strip()] = text
+    return pairs
+
+
+def _envvar(source: str, param: str) -> str:
+    return f"EVENTSINK_{source}_{param}".upper().replace("-", "_")
+
+
+def _setup_logging(verbose: int) -> None:
+    if verbose and not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+
+
+def _param_help(param: dict[str, Any]) -> str:
+    bits = [param.get("title") or param["name"]]
+    if param.get("help"):
+        bits.append(f"- {param['help']}")
+    flags = [word for word, on in (("required", param.get("required")),) if on]
+    if param.get("secret"):
+        flags.append("secret")
+    if param.get("default") is not None:
+        flags.append(f"default: {param['default']}")
+    if flags:
+        bits.append(f"[{'; '.join(flags)}]")
+    return " ".join(bits)
+
+
+def _source_command(name: str, cls: type[DataSource]) -> click.Command:
+    config = cls.config()
+    params = cls.params()
+    options: list[click.Parameter] = []
+    for param in params:
+        flag = "--" + param["name"].replace("_", "-")
+        envvar = _envvar(name, param["name"]) if param.get("secret") else None
+        options.append(
+            click.Option(
+                [flag, param["name"]],
+                metavar=str(param.get("placeholder") or "VALUE"),
+                help=_param_help(param),
+                envvar=envvar,
+                show_envvar=bool(envvar),
+                default=None,
+            )
+        )
+    options += [
+        click.Option(
+            ["-p", "--param", "param_pairs"],
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="A source parameter (repeatable); the same as --NAME VALUE.",
+        ),
+        click.Option(["--sink"], default=None, help="Sink to deliver to [default: sqlite]."),
+        click.Option(
+            ["-o", "--option", "sink_pairs"],
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="A sink or pipeline option (repeatable), e.g. -o path=copy.db.",
+        ),
+        click.Option(
+            ["-c", "--config", "config_file"],
+            type=click.Path(exists=True, dir_okay=False),
+            help="Pipeline configuration (JSON or YAML) instead of --sink/-o.",
+        ),
+        click.Option(
+            ["--outbox"],
+            help="The outbox file, which also keeps the checkpoints [default: the user data "
+            "directory's outbox.db].",
+        ),
+        click.Option(["--restart"], is_flag=True, help="Forget the checkpoint; read all again."),
+        click.Option(
+            ["--read-size"],
+            type=click.IntRange(1),
+            default=DEFAULT_READ_SIZE,
+            show_default=True,
+            help="Records asked of each read().",
+        ),
+        click.Option(
+            ["--rate"],
+            type=click.FloatRange(0, min_open=True),
+            help="Most records read per second (be gentle with the origin).",
+        ),
+        click.Option(
+            ["--retries"], type=click.IntRange(1), help="Attempts of a failing read [default: 3]."
+        ),
+        click.Option(
+            ["--flush-timeout"],
+            type=float,
+            default=60.0,
+            show_default=True,
+            help="Seconds to wait for delivery at the end; the rest stays in the outbox.",
+        ),
+        click.Option(["--progress/--no-progress"], default=True, help="Show a progress bar."),
+        click.Option(["--json", "as_json"], is_flag=True, help="Print the final status as JSON."),
+        click.Option(["-v", "--verbose"], count=True, help="Log to stderr (-vv: debug)."),
+    ]
+
+    def callback(**kwargs: Any) -> None:
+        _pull(name, cls, params, kwargs)
+
+    return click.Command(
+        name,
+        params=options,
+        callback=callback,
+        help=f"Pull from the {name} source: {config.get('title', name)}.\n\n"
+        + (cls.__doc__ or "").strip().splitlines()[0],
+        short_help=config.get("title", name),
+    )
+
+
+class SourceGroup(click.Group):
+    """``pull``: one sub-command per installed source, built from its ``CONFIG``."""
+
+    def _classes(self) -> dict[str, type]:
+        return source_classes(make_plugin_manager())
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self._classes())
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        classes = self._classes()
+        if name not in classes:
+            try:
+                lookup(classes, name, "source", "SOURCE")
+            except ConfigError as error:
+                raise click.UsageError(str(error), ctx) from None
+        return _source_command(name, classes[name])
+
+
+@click.group(cls=SourceGroup, name="pull")
+def pull() -> None:
+    """Copy records from a data source through the pipeline into a sink, resumably.
+
+    Progress is checkpointed in the outbox database; running the same pull again continues
+    after the last committed checkpoint (--restart to start over).
+    """
+
+
+def _pull(name: str, cls: type[DataSource], params: list[dict[str, Any]], kw: dict[str, Any]):
+    _setup_logging(kw["verbose"])
+    given = _pairs(kw["param_pairs"], "-p")
+    for param in params:
+        if kw.get(param["name"]) is not None:
+            given[param["name"]] = kw[param["name"]]
+    for param in params:
+        if param.get("required") and given.get(param["name"]) in (None, ""):
+            flag = param["name"].replace("_", "-")
+            raise click.UsageError(
+                f"source {name!r} needs the parameter {param['name']!r} "
+                f"({_param_help(param)}): give it as -p {param['name']}=VALUE or --{flag} VALUE"
+            )
+    try:
+        source = cls(given, {})
+    except ConfigError as error:
+        key = error.key or ""
+        flag = key.replace("_", "-")
+        raise click.UsageError(
+            f"source {name!r}: {error} (give it as -p {key}=VALUE or --{flag} VALUE)"
+        ) from None
+    if kw["config_file"]:
+        if kw["sink"] or kw["sink_pairs"]:
+            raise click.UsageError("give either --config or --sink/-o, not both")
+        config = load_config_file(kw["config_file"])
+    else:
+        config = {"sink": kw["sink"] or "sqlite", **_pairs(kw["sink_pairs"], "-o")}
+    if kw["outbox"]:
+        config["outbox"] = kw["outbox"]
+    config.setdefault("outbox", os.fspath(default_outbox_path()))
+    pm = make_plugin_manager()
+    classes = sink_classes(pm)
+    try:
+        settings = parse_config(
+            config, lambda t, key: lookup(classes, t, "sink", key).options, default_sink="sqlite"
+        )
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+    outbox = settings.outbox
+    store = CheckpointStore(None if outbox == ":memory:" else Path(outbox).expanduser())
+    if not store.durable:
+        logger.warning("eventsink pull: an in-memory outbox keeps no checkpoint; no resume")
+    logger.info("eventsink pull %s: %s", name, masked(source.source))
+    try:
+        status = asyncio.run(_run(source, settings, pm, store, kw))
+    except EventsinkError as error:
+        raise click.ClickException(f"pull {name}: {error}") from None
+    finally:
+        store.close()
+    if kw["as_json"]:
+        click.echo(json.dumps(status, default=str))
+    resumed = f", resumed after {status['resumed_from']}" if status["resumed_from"] else ""
+    click.echo(
+        f"eventsink pull {name}: read {status['read']} record(s) into "
+        f"{status['destination']!r}{resumed}; {status['left']} left in the outbox",
+        err=True,
+    )
+
+
+async def _run(source: DataSource, settings: Any, pm: Any, store: CheckpointStore, kw: dict):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    pipeline = Pipeline(settings, pm=pm)
+    await pipeline.start()
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not kw["progress"],
+        transient=False,
+    )
+    task = bar.add_task(f"{source.name} -> {source.destination}", total=None)
+
+    def on_progress(loaded: int, total: int | None, msg: str | None) -> None:
+        bar.update(task, completed=loaded, total=total)
+        if msg:
+            bar.update(task, description=f"{source.name}: {msg}")
+
+    puller = Puller(
+        source,
+        pipeline,
+        store,
+        read_size=kw["read_size"],
+        rate=kw["rate"],
+        retries=kw["retries"],
+        restart=kw["restart"],
+        on_progress=on_progress,
+    )
+    try:
+        with bar:
+            await puller.run()
+    finally:
+        left = await pipeline.close(kw["flush_timeout"])
+    return {**puller.status(), "left": left, "accepted": pipeline.intake.accepted}
+
+
+@click.command(name="sources")
+def sources() -> None:
+    """List the installed pull data sources and their parameters."""
+    for name, cls in sorted(source_classes(make_plugin_manager()).items()):
+        click.echo(f"{name}: {cls.config().get('title', name)}")
+        for param in cls.params():
+            click.echo(f"  {param['name']}: {_param_help(param)}")

@@ -1,0 +1,371 @@
+"""``eventsink send``: read events from files or standard input and deliver them."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import click
+from orjson import dumps
+
+from ..exceptions import ConfigError, EventError
+from ..pipeline.pipeline import Pipeline
+from ..plugins import make_plugin_manager
+from .common import (
+    BackgroundPipeline,
+    Outcomes,
+    build_config,
+    build_pipeline,
+    config_error,
+    setup_logging,
+    sink_options,
+)
+from .reader import FORMATS, Malformed, Record, read_records
+
+EXIT_DEAD_LETTERS = 1
+EXIT_MALFORMED = 3
+SHOWN_MALFORMED = 20  # malformed inputs listed one by one; the rest are counted
+SEND_BATCH_LIMIT = 1000  # send reads in bulk: bigger batches, fewer outbox round trips
+
+
+class Counts:
+    """What a run has done so far, read by the progress reporter from another thread."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.read = 0
+        self.malformed = 0
+        self.started = time.monotonic()
+
+    @property
+    def sent(self) -> int:
+        return sum(lane.stats.delivered for lane in self.pipeline.lanes.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(lane.stats.dead_lettered for lane in self.pipeline.lanes.values())
+
+    @property
+    def retries(self) -> int:
+        return sum(lane.stats.failed_attempts for lane in self.pipeline.lanes.values())
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.sent / elapsed if elapsed > 0 else 0.0
+
+
+class Reporter:
+    """A rich progress bar on a terminal, or a plain line every ``interval`` seconds."""
+
+    def __init__(self, counts: Counts, *, tty: bool, interval: float = 2.0) -> None:
+        self.counts = counts
+        self.tty = tty
+        self.interval = 0.1 if tty else interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="eventsink-progress", daemon=True)
+        self.progress: Any = None
+        self.console: Any = None
+        if tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.console = Console(stderr=True)
+            self.progress = Progress(
+                TextColumn("[bold]sending"),
+                BarColumn(),
+                TextColumn("{task.fields[line]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.task = self.progress.add_task("send", total=None, line="")
+
+    def __enter__(self) -> Reporter:
+        if self.progress is not None:
+            self.progress.start()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.progress is not None:
+            self.progress.stop()
+
+    def line(self) -> str:
+        counts = self.counts
+        failed = counts.failed
+        parts = [
+            f"read {counts.read:,}",
+            f"sent {counts.sent:,}",
+            f"failed {failed:,}" if failed or self.tty else f"failed {failed}",
+            f"{counts.rate():,.0f} events/s",
+        ]
+        if counts.retries:
+            parts.append(f"{counts.retries:,} retried attempts")
+        return "  ".join(parts)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.progress is not None:
+                self.progress.update(
+                    self.task,
+                    completed=self.counts.sent + self.counts.failed,
+                    total=max(self.counts.read, 1),
+                    line=self.line(),
+                )
+            else:
+                click.echo(f"eventsink: {self.line()}", err=True)
+
+
+def _open_inputs(files: tuple[str, ...]) -> Iterator[tuple[str, BinaryIO]]:
+    for name in files or ("-",):
+        if name == "-":
+            yield "<stdin>", sys.stdin.buffer
+            continue
+        try:
+            stream = open(name, "rb")  # noqa: SIM115  # closed below, after reading
+        except OSError as error:
+            raise click.FileError(name, error.strerror) from None
+        with stream:
+            yield name, stream
+
+
+def _default_table(name: str) -> str:
+    return "events" if name == "<stdin>" else Path(name).stem or "events"
+
+
+EXAMPLES = """
+\b
+Examples:
+  eventsink send events.jsonl && datasette events.db
+  cat events.jsonl | eventsink send --table clicks
+  eventsink send signups.csv orders.json --table-field type
+  eventsink send events.jsonl --sink datasette \\
+      -o url=https://example.com/data/-/create -o token='{"$env": "DS_TOKEN"}'
+  eventsink send events.jsonl --config eventsink.yaml --timeout 60
+"""
+
+
+@click.command(epilog=EXAMPLES)
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "-t",
+    "--table",
+    metavar="NAME",
+    help="Destination table; default: the file's name without extension ('events' for stdin).",
+)
+@click.option(
+    "--table-field",
+    metavar="FIELD",
+    help="Take each event's table from this field (removed from the data); events without "
+    "it go to --table.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="auto",
+    show_default=True,
+    help="Input format; auto: .csv is CSV, a file starting with '[' a JSON array, else JSON lines.",
+)
+@click.option(
+    "--no-detect-types",
+    is_flag=True,
+    help="Keep CSV values as text (by default 12 and 1.5 become numbers; 007 stays text).",
+)
+@sink_options
+@click.option(
+    "--timeout",
+    type=float,
+    metavar="SECONDS",
+    help="Stop waiting for delivery after this long; what is left stays in the outbox. "
+    "Default: wait until every event is delivered or dead-lettered.",
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False),
+    help="Also write malformed input lines to this file, to fix and send again.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on standard error; default: when it is a terminal.",
+)
+@click.option("-v", "--verbose", count=True, help="Log more (repeat for debug).")
+def send(
+    files: tuple[str, ...],
+    table: str | None,
+    table_field: str | None,
+    fmt: str,
+    no_detect_types: bool,
+    sink: str | None,
+    options: tuple[str, ...],
+    config_file: str | None,
+    outbox: str | None,
+    timeout: float | None,
+    rejects: str | None,
+    progress: bool | None,
+    verbose: int,
+) -> None:
+    """Read events from FILES (or '-' for standard input) and deliver them.
+
+    Input is JSON lines, a JSON array of objects, or CSV with a header. Each object becomes
+    one event (a row: id, instance, created, then its fields). A malformed line is reported
+    with its line number and set aside; the rest is delivered.
+
+    With no --sink and no --config, events go to the sqlite sink: a local events.db, one table
+    per --table, ready for 'datasette events.db'.
+
+    Events pass through the shared durable outbox (--outbox to choose another): if the run is
+    interrupted, the next 'eventsink send' to the same destination delivers what was left.
+
+    Exit status: 0 all delivered; 1 some events were dead-lettered or left undelivered
+    (see 'eventsink status'); 2 bad usage or configuration; 3 some input was malformed
+    (everything else was delivered).
+    """
+    config = build_config(
+        config_file, sink, options, outbox, defaults={"batch_limit": SEND_BATCH_LIMIT}
+    )
+    tty = sys.stderr.isatty() if progress is None else progress
+    pm = make_plugin_manager()
+    outcomes = Outcomes()
+    pm.register(outcomes)
+    try:
+        pipeline, settings = build_pipeline(config, pm)
+    except ConfigError as error:
+        raise config_error(error) from None
+    counts = Counts(pipeline)
+    reporter = Reporter(counts, tty=tty)
+    setup_logging(verbose, reporter.console)
+    try:
+        running = BackgroundPipeline(pipeline)
+    except ConfigError as error:
+        raise config_error(error) from None
+    restored = sum(pipeline._restored.values())
+    tables: Counter[str] = Counter()
+    malformed: list[Malformed] = []
+    left = 0
+    interrupted = False
+    reject_file = open(rejects, "wb") if rejects else None  # noqa: SIM115
+    try:
+        with reporter:
+            try:
+                for name, stream in _open_inputs(files):
+                    default = table or _default_table(name)
+                    for item in read_records(stream, name, fmt, detect_types=not no_detect_types):
+                        if type(item) is Record:
+                            try:
+                                _write(pipeline, item, default, table, table_field, tables)
+                            except EventError as error:
+                                bad = Malformed(name, item.where, str(error), dumps(item.data))
+                                _set_aside(bad, malformed, counts, reporter, reject_file)
+                        else:
+                            _set_aside(item, malformed, counts, reporter, reject_file)  # type: ignore[arg-type]
+                        counts.read += 1
+            except KeyboardInterrupt:
+                interrupted = True
+            try:
+                left = running.close(0.5 if interrupted else timeout)
+            except KeyboardInterrupt:
+                interrupted = True
+                left = running.close(0.5)
+    finally:
+        if reject_file is not None:
+            reject_file.close()
+    _summary(counts, settings, pipeline, tables, malformed, outcomes, restored, left, interrupted)
+    if counts.failed or left or interrupted:
+        sys.exit(EXIT_DEAD_LETTERS)
+    if malformed:
+        sys.exit(EXIT_MALFORMED)
+
+
+def _write(
+    pipeline: Pipeline,
+    record: Record,
+    default: str,
+    table: str | None,
+    table_field: str | None,
+    tables: Counter[str],
+) -> None:
+    data = record.data
+    destination = table or record.table or default
+    if table_field is not None and table_field in data:
+        data = dict(data)
+        value = data.pop(table_field)
+        if isinstance(value, str) and value:
+            destination = value
+    pipeline.write(destination, data, created=record.created, event_id=record.event_id)
+    tables[destination] += 1
+
+
+def _set_aside(
+    item: Malformed,
+    malformed: list[Malformed],
+    counts: Counts,
+    reporter: Reporter,
+    reject_file: BinaryIO | None,
+) -> None:
+    counts.malformed += 1
+    malformed.append(item)
+    if len(malformed) <= SHOWN_MALFORMED:
+        message = f"{item.source}, {item.where}: {item.reason}; set aside"
+        if reporter.console is not None:
+            reporter.console.print(message, style="yellow", markup=False, highlight=False)
+        else:
+            click.echo(f"eventsink: {message}", err=True)
+    if reject_file is not None and item.text:
+        reject_file.write(item.text + b"\n")
+
+
+def _summary(
+    counts: Counts,
+    settings: Any,
+    pipeline: Pipeline,
+    tables: Counter[str],
+    malformed: list[Malformed],
+    outcomes: Outcomes,
+    restored: int,
+    left: int,
+    interrupted: bool,
+) -> None:
+    elapsed = time.monotonic() - counts.started
+    if len(malformed) > SHOWN_MALFORMED:
+        click.echo(
+            f"eventsink: ... and {len(malformed) - SHOWN_MALFORMED:,} more malformed", err=True
+        )
+    events = counts.read - counts.malformed
+    click.echo(
+        f"Read {events:,} event(s)"
+        + (f", {counts.malformed:,} malformed" if malformed else "")
+        + "."
+    )
+    for name, lane in pipeline.lanes.items():
+        click.echo(f"Sent {lane.stats.delivered:,} to {name}")
+    if restored:
+        click.echo(f"  (including {restored:,} left in the outbox by an earlier run)")
+    if tables:
+        listed = ", ".join(f"{name} {count:,}" for name, count in tables.most_common(10))
+        more = f" and {len(tables) - 10} more" if len(tables) > 10 else ""
+        click.echo(f"  events read by table: {listed}{more}")
+    rate = counts.sent / elapsed if elapsed > 0 else 0.0
+    click.echo(f"Took {elapsed:.2f}s ({rate:,.0f} events/s).")
+    for (sink, message), count in outcomes.dead.most_common():
+        click.echo(f"Dead-lettered {count:,} for {sink}: {message}")
+    if counts.failed:
+        click.echo("See them with 'eventsink status'; after fixing the cause: 'eventsink replay'.")
+    if interrupted:
+        click.echo("Interrupted.")
+    if left:
+        click.echo(
+            f"{left:,} event(s) not delivered yet are kept in the outbox; the next "
+            "'eventsink send' to the same destination delivers them."
+        )
+    sqlite_paths = [config.options["path"] for config in settings.sinks if config.type == "sqlite"]
+    if sqlite_paths and not (counts.failed or left or interrupted):
+        click.echo(f"Browse them with: datasette {sqlite_paths[0]}")

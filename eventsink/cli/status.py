@@ -1,0 +1,194 @@
+"""``eventsink status``: what an outbox holds, read straight from its SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..outbox.sqlite import SQLiteOutbox
+from ..pipeline.pipeline import default_outbox_path
+from .common import dumps
+
+
+def _age(created: str | None, now: float) -> float | None:
+    if not created:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return round(max(0.0, now - moment.timestamp()), 3)
+
+
+async def read_status(path: str) -> dict[str, Any]:
+    """Per sink pending, in flight, oldest pending age, retry state and dead letters.
+
+    Error messages are shown as the sinks stored them; sinks never put secrets in them.
+    """
+    report: dict[str, Any] = {
+        "outbox": path,
+        "exists": os.path.exists(path),
+        "sinks": {},
+        "dead_letters": [],
+        "totals": {"pending": 0, "in_flight": 0, "dead_letters": 0},
+    }
+    if not report["exists"]:
+        return report
+    outbox = SQLiteOutbox(path)
+
+    def extra(connection: sqlite3.Connection) -> tuple[list[Any], list[Any]] | None:
+        tables = {row[0] for row in connection.execute("select name from sqlite_master")}
+        if "eventsink_outbox" not in tables:
+            return None
+        retrying = connection.execute(
+            "select sink, max(attempts), min(first_failure), max(last_error), "
+            "max(last_status), max(paused) "
+            "from eventsink_outbox where attempts > 0 group by sink"
+        ).fetchall()
+        dead = connection.execute(
+            "select sink, status, error, count(*), min(id), max(id), max(last_failure) "
+            "from eventsink_dead_letters group by sink, status, error "
+            "order by sink, count(*) desc"
+        ).fetchall()
+        return retrying, dead
+
+    try:
+        found = await outbox.runner.run(extra)
+        if found is None:
+            return report
+        backlog = await outbox.backlog()
+    finally:
+        await outbox.runner.close()
+    retrying = {row[0]: row for row in found[0]}
+    now = time.time()
+    for name in sorted(backlog):
+        held = backlog[name]
+        retry = retrying.get(name)
+        report["sinks"][name] = {
+            "pending": held.pending,
+            "in_flight": held.in_flight,
+            "oldest_pending": held.oldest_created,
+            "oldest_pending_age": _age(held.oldest_created, now),
+            "bytes": held.bytes,
+            "dead_letters": held.dead_letters,
+            # A batch failing now: retried with back-off, or paused (e.g. a refused token)
+            # until someone acts.
+            "failing": {
+                "attempts": retry[1],
+                "since": retry[2],
+                "last_error": retry[3],
+                "status": retry[4],
+                "paused": bool(retry[5]),
+            }
+            if retry
+            else None,
+        }
+        for key in ("pending", "in_flight", "dead_letters"):
+            report["totals"][key] += getattr(held, key)
+    report["dead_letters"] = [
+        {
+            "sink": sink,
+            "status": status,
+            "error": error,
+            "count": count,
+            "first_id": first,
+            "last_id": last,
+            "last_failure": last_failure,
+        }
+        for sink, status, error, count, first, last, last_failure in found[1]
+    ]
+    return report
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The human-readable status."""
+    lines = [f"Outbox: {report['outbox']}"]
+    if not report["exists"]:
+        lines.append("  (no outbox file yet: nothing has been sent through it)")
+        return "\n".join(lines)
+    totals = report["totals"]
+    lines.append(
+        f"  pending {totals['pending']:,}  in flight {totals['in_flight']:,}  "
+        f"dead letters {totals['dead_letters']:,}"
+    )
+    if report["sinks"]:
+        width = max(len("SINK"), *(len(name) for name in report["sinks"]))
+        lines.append("")
+        lines.append(
+            f"{'SINK':{width}}  {'PENDING':>9}  {'IN FLIGHT':>9}  {'OLDEST':>7}  {'DEAD':>7}"
+        )
+        for name, sink in report["sinks"].items():
+            lines.append(
+                f"{name:{width}}  {sink['pending']:>9,}  {sink['in_flight']:>9,}  "
+                f"{_when(sink['oldest_pending_age']):>7}  {sink['dead_letters']:>7,}"
+            )
+    failing = {name: sink["failing"] for name, sink in report["sinks"].items() if sink["failing"]}
+    if failing:
+        lines.append("")
+        lines.append("Failing now:")
+        now = time.time()
+        for name, state in failing.items():
+            since = _when(now - state["since"]) if state["since"] else "?"
+            how = "PAUSED until the cause is fixed" if state["paused"] else "retrying"
+            status = f" [{state['status']}]" if state["status"] is not None else ""
+            lines.append(
+                f"  {name}: {how}, {state['attempts']} attempt(s) over {since}{status}: "
+                f"{state['last_error']}"
+            )
+    if report["dead_letters"]:
+        lines.append("")
+        lines.append("Dead letters by sink and error:")
+        for group in report["dead_letters"]:
+            status = f" [{group['status']}]" if group["status"] is not None else ""
+            lines.append(f"  {group['count']:>7,}  {group['sink']}{status}: {group['error']}")
+        lines.append("Replay them after fixing the cause: eventsink replay --dead")
+    return "\n".join(lines)
+
+
+@click.command(
+    epilog="""
+\b
+Examples:
+  eventsink status
+  eventsink status --json | jq .totals
+  eventsink status --outbox /var/lib/app/outbox.db
+"""
+)
+@click.option(
+    "--outbox",
+    type=click.Path(dir_okay=False),
+    help="Outbox file to inspect; default: the shared outbox in the user data directory.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def status(outbox: str | None, as_json: bool) -> None:
+    """Show what the outbox holds: pending events, dead letters, failing sinks.
+
+    Per sink: events pending, in flight (leased by a running process), the age of the oldest
+    pending one, and dead letters; then sinks whose current batch is failing with the last
+    error, and dead letters grouped by sink and error. Reads the outbox file only; works
+    whether or not a process is delivering from it.
+    """
+    path = os.path.abspath(Path(outbox or default_outbox_path()).expanduser())
+    report = asyncio.run(read_status(path))
+    click.echo(dumps(report) if as_json else render(report))

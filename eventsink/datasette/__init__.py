@@ -1,0 +1,1 @@
+"""The Datasette bridge: the plugin (``plugin``) and its status pages (``status``)."""

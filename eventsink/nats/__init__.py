@@ -1,0 +1,3 @@
+"""NATS JetStream: the shared connection handling (``connection``) and the consumer behind
+``eventsink consume`` (``consumer``). Needs the ``nats`` extra.
+"""

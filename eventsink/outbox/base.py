@@ -1,0 +1,166 @@
+"""Where events wait until a sink confirms them: the outbox interface.
+
+The pipeline appends every accepted event once per configured sink, leased at once to this
+process; each sink's lane takes a batch, hands it to the sink, and on confirmation *acks* it
+(removes it). Events nobody holds (left by an earlier run, or replayed) are *leased* a batch at
+a time. A retryable failure
+keeps the batch leased while the lane backs off; a permanent one moves it to the dead-letter
+store, from which :meth:`Outbox.replay` moves it back.
+
+:class:`MemoryOutbox` keeps everything in process memory (fast, lost on exit: for tests and
+for users who prefer speed to durability). :class:`eventsink.outbox.sqlite.SQLiteOutbox`
+implements the same interface on SQLite and survives crashes.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..event import Event
+
+
+@dataclass
+class Leased:
+    """A batch leased from the outbox by one sink's lane.
+
+    ``handles`` are the outbox's own references to the events (row ids for SQLite), aligned
+    with ``events``. ``attempts`` and ``first_failure`` carry the batch's failure history.
+    """
+
+    events: list[Event]
+    handles: Sequence[Any]
+    attempts: int = 0
+    first_failure: float | None = None
+
+    def split(self) -> tuple[Leased, Leased]:
+        """Two halves of this batch, each keeping the failure history."""
+        middle = len(self.events) // 2
+        return (
+            Leased(self.events[:middle], self.handles[:middle], self.attempts, self.first_failure),
+            Leased(self.events[middle:], self.handles[middle:], self.attempts, self.first_failure),
+        )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a batch failed, as stored with dead letters and shown on status pages."""
+
+    message: str
+    status: int | None = None
+    attempts: int = 1
+    first_failure: float = field(default_factory=time.time)
+    last_failure: float = field(default_factory=time.time)
+    paused: bool = False  # the sink paused itself (a refused token): a person must act
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered event with the failure that put it there."""
+
+    sink: str
+    event: Event
+    failure: Failure
+
+
+@dataclass
+class SinkBacklog:
+    """What the outbox holds for one sink."""
+
+    pending: int = 0
+    in_flight: int = 0
+    oldest_created: str | None = None
+    dead_letters: int = 0
+    bytes: int = 0  # of all the sink's event data (JSON) in the outbox
+    pending_bytes: int = 0  # of the pending events' data
+
+
+class Outbox(ABC):
+    """The durable buffer between the writers and the sinks' lanes.
+
+    All methods are coroutines run on the pipeline's event loop. ``sink`` arguments are the
+    configured sink *names* (which key each event's delivery).
+    """
+
+    #: True when other processes may append to or lease from the same outbox, so lanes must
+    #: poll for work they were not told about.
+    shared: bool = False
+    #: True when committed events survive the process.
+    durable: bool = False
+    #: True when events leased at append can be read back with :meth:`read_leased`, so a lane
+    #: need not keep more than a few batches of them in memory. Such an outbox's handles are
+    #: integers that increase with each append.
+    reads_back: bool = False
+    #: ``max_events`` when the configuration gives none.
+    default_max_events: int = 100_000
+    #: What the log says to do about dead-lettered events.
+    dead_letter_hint: str = (
+        "They are in the dead-letter store: fix the cause, then replay them (eventsink replay)."
+    )
+
+    @abstractmethod
+    async def open(self, sinks: Sequence[str]) -> dict[str, SinkBacklog]:
+        """Prepare storage, reclaim leases of dead processes; return each sink's backlog."""
+
+    @abstractmethod
+    async def append(
+        self, events: Sequence[Event], sinks: Sequence[str], lease_for: Sequence[str] = ()
+    ) -> dict[str, Leased]:
+        """Store ``events`` once for each sink, in one commit.
+
+        For the sinks in ``lease_for`` the new rows are leased by this process at once and
+        returned (no other process takes them), so the lane delivers them from memory, or
+        reads them back with :meth:`read_leased` when it holds more than it keeps in memory.
+        """
+
+    @abstractmethod
+    async def lease(self, sink: str, limit: int) -> Leased | None:
+        """Lease up to ``limit`` of the oldest unleased events of ``sink``; ``None`` if none."""
+
+    async def read_leased(self, sink: str, first: int, last: int, limit: int) -> Leased | None:
+        """Up to ``limit`` of the events leased at append with handles from ``first`` to
+        ``last``, oldest first (events leased later with :meth:`lease` are not included)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps leased events in memory")
+
+    @abstractmethod
+    async def ack(self, sink: str, leased: Leased) -> None:
+        """The sink confirmed ``leased``: remove it."""
+
+    @abstractmethod
+    async def record_failure(self, sink: str, leased: Leased, failure: Failure) -> None:
+        """Remember a failed attempt (attempts, last error and status) with the events."""
+
+    @abstractmethod
+    async def release(self, sink: str, leased: Leased) -> None:
+        """Give ``leased`` back undelivered, for this or another process to lease again."""
+
+    @abstractmethod
+    async def dead_letter(self, sink: str, leased: Leased, failure: Failure) -> None:
+        """Move ``leased`` to the dead-letter store with ``failure``."""
+
+    @abstractmethod
+    async def drop_oldest(self, sink: str, count: int) -> list[Event]:
+        """Remove up to ``count`` of the oldest unleased events of ``sink`` (overflow)."""
+
+    @abstractmethod
+    async def replay(
+        self, sink: str | None = None, since: str | None = None, ids: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """Move dead letters back to be delivered again; return how many, by sink.
+
+        ``since`` (a ULID) keeps those whose id sorts at or after it; ``ids`` picks exact ones.
+        """
+
+    @abstractmethod
+    async def backlog(self) -> dict[str, SinkBacklog]:
+        """Every sink's backlog (sinks with dead letters only are included)."""
+
+    @abstractmethod
+    async def dead_letters(self, sink: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+
+    async def close(self) -> None:  # noqa: B027  # optional: nothing to release by default
+        """Release leases held by this process and close storage."""

@@ -1,0 +1,582 @@
+"""The durable outbox: events in SQLite (WAL) until their sink confirms them.
+
+What survives what:
+
+* **A process crash or ``kill -9``**: every committed event. Appends are committed in groups a
+  few milliseconds apart (the Datasette plugin waits for the commit before its request
+  completes; ``Client.write`` returns as soon as the event is queued for the next commit and
+  ``Client.flush`` waits for delivery). Rows held by a dead process return when the next
+  process opens the outbox (or, for a process on another host, once it stops renewing).
+* **Acknowledged deliveries**: the delete of a confirmed batch joins the next transaction (at
+  most ``ACK_DELAY`` later) instead of costing a commit of its own. A crash in that window
+  means the batch is delivered again, which the ULID keys make harmless.
+* **A power loss or OS crash**: with ``durability: normal`` (``synchronous=NORMAL`` in WAL
+  mode) the last commits before the loss may be rolled back; the database is never corrupted.
+  ``durability: fsync`` (``synchronous=FULL``) fsyncs every commit and loses nothing committed,
+  at roughly six times the cost per commit.
+
+Several processes may share one outbox file. Each row is *held* by at most one process, named
+in ``lease_owner``: rows a process appends are held by it from the start (so it delivers them
+without another process taking them, and without an UPDATE per row to lease them), and rows
+nobody holds (left by a process that ended, or replayed) are claimed a batch at a time, under a
+second name of the process (``<owner>/claimed``), so that reading back its own appended rows
+by a range of ``seq`` never picks up a claimed one. A
+holder proves it is alive by renewing one row in ``eventsink_owners`` every ``HEARTBEAT_SECONDS``
+and looks for holders that died: the rows of a holder on this host whose process is gone return
+to everyone within a heartbeat, those of a holder that stopped renewing after ``lease_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from functools import cache
+from itertools import chain
+from typing import Any, TypeVar
+
+from ..event import Event
+from ..pipeline.threads import WorkerThreads
+from ..sqlite_files import connect
+from .base import DeadLetter, Failure, Leased, Outbox, SinkBacklog
+
+T = TypeVar("T")
+
+logger = logging.getLogger("eventsink")
+
+SCHEMA = """
+create table if not exists eventsink_outbox (
+    seq integer primary key,
+    sink text not null,
+    id text not null,
+    table_name text not null,
+    instance text not null,
+    created text not null,
+    data blob not null,
+    attempts integer not null default 0,
+    lease_owner text,
+    first_failure real,
+    last_error text,
+    last_status integer,
+    paused integer not null default 0
+);
+create index if not exists eventsink_outbox_unleased on eventsink_outbox (sink, seq)
+    where lease_owner is null;
+create table if not exists eventsink_dead_letters (
+    seq integer primary key autoincrement,
+    sink text not null,
+    id text not null,
+    table_name text not null,
+    instance text not null,
+    created text not null,
+    data blob not null,
+    status integer,
+    error text,
+    attempts integer,
+    first_failure real,
+    last_failure real
+);
+create index if not exists eventsink_dead_letters_sink on eventsink_dead_letters (sink, id);
+create table if not exists eventsink_owners (
+    owner text primary key,
+    until real not null
+);
+"""
+
+_COLUMNS = "id, table_name, instance, created, data"
+_CHUNK = 500  # rows per "in (...)" statement, well under SQLite's parameter limit
+LEASE_SECONDS = 300.0  # a holder that has not renewed for this long is presumed dead
+HEARTBEAT_SECONDS = 10.0  # how often a holder renews and looks for holders that died
+CLAIMED = "/claimed"  # suffix of the name under which a process holds rows it claimed
+ACK_DELAY = 0.01  # seconds an acked row may wait for its delete to join another transaction
+
+
+_INSERT_ROWS = 100  # rows per multi-row insert: 800 parameters, under the old limit of 999
+
+
+@cache
+def _insert_sql(rows: int) -> str:
+    return (
+        "insert into eventsink_outbox (sink, id, table_name, instance, created, data, "
+        "lease_owner) values " + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    )
+
+
+def _leased(rows: list[tuple[Any, ...]]) -> Leased | None:
+    """A batch from rows of ``seq, id, table_name, instance, created, data, attempts,
+    first_failure``, in seq order."""
+    if not rows:
+        return None
+    events = [Event(row[1], row[2], row[3], row[4], data_json=row[5]) for row in rows]
+    failures = [row[7] for row in rows if row[7] is not None]
+    return Leased(
+        events, [row[0] for row in rows], max(row[6] for row in rows), min(failures, default=None)
+    )
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> list[Sequence[T]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
+
+
+class Runner:
+    """Runs a function with a SQLite connection off the event loop, inside a transaction."""
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
+
+
+class ThreadRunner(Runner):
+    """A dedicated thread owning one connection to ``path``."""
+
+    def __init__(self, path: str, *, durability: str = "normal") -> None:
+        self.path = path
+        self._durability = durability
+        self._thread = WorkerThreads(1, "eventsink-outbox")
+        self._connection: sqlite3.Connection | None = None
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._connection is None:
+            self._connection = connect(self.path, durability=self._durability)
+        connection = self._connection
+        connection.execute("begin immediate")
+        try:
+            result = fn(connection)
+        except BaseException:
+            connection.execute("rollback")
+            raise
+        connection.execute("commit")
+        return result
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._thread.run(self._call, fn)
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def close(self) -> None:
+        await self._thread.run(self._close)
+        self._thread.shutdown()
+
+
+class DatasetteRunner(Runner):
+    """Uses a Datasette database's write thread (the internal database, for the plugin)."""
+
+    def __init__(self, database: Any) -> None:
+        self.database = database
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.database.execute_write_fn(fn)
+
+
+# Owners of the SQLiteOutbox objects open in this process: a same-pid owner not among them is
+# a previous process that had the same pid (a container restarted as pid 1, say).
+_OPEN_OWNERS: set[str] = set()
+
+
+def _owner_is_dead(owner: str, host: str) -> bool:
+    owner_host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    owner = owner.removesuffix(CLAIMED)
+    if owner_host != host or not pid.isdigit():
+        return False  # another machine's owner: wait until it stops renewing
+    if int(pid) == os.getpid():
+        return owner not in _OPEN_OWNERS
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _forget_dead_owners(
+    connection: sqlite3.Connection, mine: Sequence[str], host: str, now: float
+) -> int:
+    """Delete the owners that stopped renewing or whose process is gone; return how many."""
+    dead = [
+        (owner,)
+        for owner, until in connection.execute("select owner, until from eventsink_owners")
+        if owner not in mine and (until < now or _owner_is_dead(owner, host))
+    ]
+    connection.executemany("delete from eventsink_owners where owner = ?", dead)
+    return len(dead)
+
+
+def _release_orphans(connection: sqlite3.Connection) -> int:
+    """Return rows held by no registered owner to everyone; return how many."""
+    return connection.execute(
+        "update eventsink_outbox set lease_owner = null where lease_owner is not null "
+        "and lease_owner not in (select owner from eventsink_owners)"
+    ).rowcount
+
+
+class SQLiteOutbox(Outbox):
+    """The outbox in a SQLite database: a file of its own, or Datasette's internal database."""
+
+    shared = True
+    durable = True
+    reads_back = True
+    default_max_events = 1_000_000
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        durability: str = "normal",
+        runner: Runner | None = None,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        if runner is None:
+            if path is None:
+                raise TypeError("SQLiteOutbox needs a path or a runner")
+            runner = ThreadRunner(os.fspath(path), durability=durability)
+        self.path = os.fspath(path) if path is not None else None
+        self.durable = self.path != ":memory:"
+        self.runner = runner
+        self.lease_seconds = lease_seconds
+        self._host = socket.gethostname()
+        self.owner = f"{self._host}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.claimer = self.owner + CLAIMED
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._acked: list[int] = []  # confirmed rows whose delete rides the next transaction
+        self._ack_flush: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<SQLiteOutbox {self.path or self.runner!r}>"
+
+    async def open(self, sinks: Sequence[str]) -> dict[str, SinkBacklog]:
+        names, host = (self.owner, self.claimer), self._host
+        _OPEN_OWNERS.add(self.owner)
+
+        def prepare(connection: sqlite3.Connection) -> None:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            now = time.time()
+            connection.executemany(
+                "insert or replace into eventsink_owners (owner, until) values (?, ?)",
+                [(name, now + self.lease_seconds) for name in names],
+            )
+            _forget_dead_owners(connection, names, host, now)
+            released = _release_orphans(connection)
+            if released:
+                logger.info(
+                    "eventsink outbox: %d event(s) held by a process that ended are pending again",
+                    released,
+                )
+
+        await self._run(prepare)
+        self._heartbeat = asyncio.ensure_future(self._keep_alive())
+        return await self.backlog()
+
+    async def _keep_alive(self) -> None:
+        """Renew this process's hold, and return the rows of holders that died."""
+        names, host = (self.owner, self.claimer), self._host
+
+        def renew(connection: sqlite3.Connection) -> None:
+            now = time.time()
+            renewed = connection.execute(
+                "update eventsink_owners set until = ? where owner in (?, ?)",
+                [now + self.lease_seconds, *names],
+            ).rowcount
+            if renewed < len(names):
+                # Presumed dead while this process was stalled: its rows may have been taken
+                # (and may be delivered twice, which the ids absorb). Hold what is left.
+                logger.warning(
+                    "eventsink outbox: this process did not renew its hold for %.0fs; "
+                    "another process may deliver some of its events too",
+                    self.lease_seconds,
+                )
+                connection.executemany(
+                    "insert or replace into eventsink_owners (owner, until) values (?, ?)",
+                    [(name, now + self.lease_seconds) for name in names],
+                )
+            if _forget_dead_owners(connection, names, host, now):
+                _release_orphans(connection)
+
+        while True:
+            await asyncio.sleep(min(HEARTBEAT_SECONDS, self.lease_seconds / 3))
+            try:
+                await self._run(renew)
+            except Exception:
+                logger.exception("eventsink outbox: renewing this process's hold failed")
+
+    async def append(
+        self, events: Sequence[Event], sinks: Sequence[str], lease_for: Sequence[str] = ()
+    ) -> dict[str, Leased]:
+        values = [
+            (event.id, event.table, event.instance, event.created, event.data_json())
+            for event in events
+        ]
+        owner = self.owner
+
+        def insert(connection: sqlite3.Connection) -> dict[str, range]:
+            handles = {}
+            for sink in sinks:
+                holder = owner if sink in lease_for else None
+                rows = [(sink, *row, holder) for row in values]
+                for chunk in _chunks(rows, _INSERT_ROWS):
+                    # One multi-row statement is one sqlite3_step, so one release of the GIL
+                    # instead of one per row: on a busy core each release can cost a thread
+                    # switch interval before the GIL comes back.
+                    cursor = connection.execute(_insert_sql(len(chunk)), list(chain(*chunk)))
+                if sink in lease_for:
+                    # One writer inside one transaction: the rowids just made are contiguous.
+                    last = cursor.lastrowid
+                    handles[sink] = range(last - len(values) + 1, last + 1)
+            return handles
+
+        handles = await self._run(insert)
+        return {sink: Leased(list(events), seqs) for sink, seqs in handles.items()}
+
+    async def lease(self, sink: str, limit: int) -> Leased | None:
+        owner = self.claimer
+
+        def claim(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return connection.execute(
+                "update eventsink_outbox set lease_owner = ? "
+                "where seq in (select seq from eventsink_outbox where sink = ? and "
+                "lease_owner is null order by seq limit ?) "
+                f"returning seq, {_COLUMNS}, attempts, first_failure",
+                [owner, sink, limit],
+            ).fetchall()
+
+        rows = await self._run(claim)
+        rows.sort(key=lambda row: row[0])  # RETURNING gives no order guarantee
+        return _leased(rows)
+
+    async def read_leased(self, sink: str, first: int, last: int, limit: int) -> Leased | None:
+        owner = self.owner
+
+        def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            # A range scan of the primary key: rows of other sinks or holders in between, and
+            # rows this process claimed (held as self.claimer), are skipped.
+            return connection.execute(
+                f"select seq, {_COLUMNS}, attempts, first_failure from eventsink_outbox "
+                "where seq between ? and ? and sink = ? and lease_owner = ? order by seq "
+                "limit ?",
+                [first, last, sink, owner, limit],
+            ).fetchall()
+
+        return _leased(await self._run(read))
+
+    async def _by_handles(self, sql: str, leased: Leased, *params: Any) -> None:
+        handles = leased.handles
+
+        def apply(connection: sqlite3.Connection) -> None:
+            for chunk in _chunks(handles):
+                connection.execute(sql.format(marks=_marks(len(chunk))), [*params, *chunk])
+
+        await self._run(apply)
+
+    async def ack(self, sink: str, leased: Leased) -> None:
+        # The delete is deferred and folded into the next transaction (at most ACK_DELAY
+        # later): a crash in between only means a redelivery, which the ids make harmless,
+        # and it saves a commit per batch.
+        self._acked.extend(leased.handles)
+        if self._ack_flush is None:
+            self._ack_flush = asyncio.ensure_future(self._flush_acks_later())
+
+    async def _flush_acks_later(self) -> None:
+        try:
+            while self._acked:  # acks that arrive during a flush are flushed too
+                await asyncio.sleep(ACK_DELAY)
+                await self._run(lambda connection: None)
+        finally:
+            self._ack_flush = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a transaction that first deletes the acked rows."""
+        acked, self._acked = self._acked, []
+        if not acked:
+            return await self.runner.run(fn)
+
+        def delete_acked_then(connection: sqlite3.Connection) -> T:
+            for chunk in _chunks(acked):
+                connection.execute(
+                    f"delete from eventsink_outbox where seq in ({_marks(len(chunk))})", chunk
+                )
+            return fn(connection)
+
+        try:
+            return await self.runner.run(delete_acked_then)
+        except BaseException:
+            self._acked[:0] = acked  # not deleted: try again with the next transaction
+            raise
+
+    async def record_failure(self, sink: str, leased: Leased, failure: Failure) -> None:
+        await self._by_handles(
+            "update eventsink_outbox set attempts = ?, first_failure = ?, last_error = ?, "
+            "last_status = ?, paused = ? where seq in ({marks})",
+            leased,
+            failure.attempts,
+            failure.first_failure,
+            failure.message,
+            failure.status,
+            int(failure.paused),
+        )
+
+    async def release(self, sink: str, leased: Leased) -> None:
+        await self._by_handles(
+            "update eventsink_outbox set lease_owner = null where seq in ({marks})",
+            leased,
+        )
+
+    async def dead_letter(self, sink: str, leased: Leased, failure: Failure) -> None:
+        handles = leased.handles
+
+        def move(connection: sqlite3.Connection) -> None:
+            for chunk in _chunks(handles):
+                marks = _marks(len(chunk))
+                connection.execute(
+                    f"insert into eventsink_dead_letters (sink, {_COLUMNS}, status, error, "
+                    "attempts, first_failure, last_failure) "
+                    f"select sink, {_COLUMNS}, ?, ?, ?, ?, ? from eventsink_outbox "
+                    f"where seq in ({marks}) order by seq",
+                    [
+                        failure.status,
+                        failure.message,
+                        failure.attempts,
+                        failure.first_failure,
+                        failure.last_failure,
+                        *chunk,
+                    ],
+                )
+                connection.execute(f"delete from eventsink_outbox where seq in ({marks})", chunk)
+
+        await self._run(move)
+
+    async def drop_oldest(self, sink: str, count: int) -> list[Event]:
+        def drop(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            rows = connection.execute(
+                f"select seq, {_COLUMNS} from eventsink_outbox where sink = ? and "
+                "lease_owner is null order by seq limit ?",
+                [sink, count],
+            ).fetchall()
+            for chunk in _chunks(rows):
+                connection.execute(
+                    f"delete from eventsink_outbox where seq in ({_marks(len(chunk))})",
+                    [row[0] for row in chunk],
+                )
+            return rows
+
+        rows = await self._run(drop)
+        return [Event(row[1], row[2], row[3], row[4], data_json=row[5]) for row in rows]
+
+    async def replay(
+        self, sink: str | None = None, since: str | None = None, ids: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        where, params = ["1 = 1"], []
+        if sink is not None:
+            where.append("sink = ?")
+            params.append(sink)
+        if since is not None:
+            where.append("id >= ?")
+            params.append(since)
+        if ids is not None:
+            where.append("id in (select value from json_each(?))")
+            params.append(json.dumps(list(ids)))
+        condition = " and ".join(where)
+
+        def move(connection: sqlite3.Connection) -> dict[str, int]:
+            counts = dict(
+                connection.execute(
+                    f"select sink, count(*) from eventsink_dead_letters where {condition} "
+                    "group by sink",
+                    params,
+                ).fetchall()
+            )
+            connection.execute(
+                f"insert into eventsink_outbox (sink, {_COLUMNS}) select sink, {_COLUMNS} "
+                f"from eventsink_dead_letters where {condition} order by seq",
+                params,
+            )
+            connection.execute(f"delete from eventsink_dead_letters where {condition}", params)
+            return counts
+
+        return await self._run(move)
+
+    async def backlog(self) -> dict[str, SinkBacklog]:
+        def read(connection: sqlite3.Connection) -> dict[str, SinkBacklog]:
+            now = time.time()
+            result: dict[str, SinkBacklog] = {}
+            for sink, pending, in_flight, size, pending_size in connection.execute(
+                "select sink, count(*) - sum(held), sum(held), sum(size), "
+                "sum(size * (1 - held)) from (select sink, length(data) as size, "
+                "coalesce(lease_owner in (select owner from eventsink_owners "
+                "where until >= ?), 0) as held from eventsink_outbox) group by sink",
+                [now],
+            ):
+                oldest = connection.execute(
+                    "select created from eventsink_outbox where sink = ? order by seq limit 1",
+                    [sink],
+                ).fetchone()
+                result[sink] = SinkBacklog(
+                    pending=pending or 0,
+                    in_flight=in_flight or 0,
+                    oldest_created=oldest[0] if oldest else None,
+                    bytes=size or 0,
+                    pending_bytes=pending_size or 0,
+                )
+            for sink, count in connection.execute(
+                "select sink, count(*) from eventsink_dead_letters group by sink"
+            ):
+                result.setdefault(sink, SinkBacklog()).dead_letters = count
+            return result
+
+        return await self._run(read)
+
+    async def dead_letters(self, sink: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return connection.execute(
+                f"select sink, {_COLUMNS}, status, error, attempts, first_failure, last_failure "
+                "from eventsink_dead_letters where (? is null or sink = ?) "
+                "order by seq desc limit ?",
+                [sink, sink, limit],
+            ).fetchall()
+
+        return [
+            DeadLetter(
+                row[0],
+                Event(row[1], row[2], row[3], row[4], data_json=row[5]),
+                Failure(row[7] or "", row[6], row[8] or 0, row[9] or 0.0, row[10] or 0.0),
+            )
+            for row in await self._run(read)
+        ]
+
+    async def close(self) -> None:
+        owner = self.owner
+
+        names = (owner, self.claimer)
+
+        def release_all(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "update eventsink_outbox set lease_owner = null where lease_owner in (?, ?)",
+                names,
+            )
+            connection.execute("delete from eventsink_owners where owner in (?, ?)", names)
+
+        for task in (self._ack_flush, self._heartbeat):
+            if task is not None:
+                task.cancel()
+        try:
+            await self._run(release_all)
+        finally:
+            _OPEN_OWNERS.discard(owner)
+            await self.runner.close()

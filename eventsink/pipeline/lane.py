@@ -1,0 +1,516 @@
+"""One sink's delivery loop: wait for a batch, lease it, pace it, send it, settle it.
+
+A lane wakes when its sink has ``batch_limit`` events pending, when the oldest pending event
+has waited ``flush_interval`` seconds, or when a flush is requested. It then leases a batch from
+the outbox, waits for the rate limiter, and calls the sink. The outcome decides what happens:
+
+* confirmed: the batch is acked (removed from the outbox);
+* ``RetryableError`` or an unexpected exception: back off with full jitter (the receiver's
+  ``retry_after`` as a floor) and send the same batch again, until it succeeds or
+  ``max_attempts``/``max_age`` moves it to the dead-letter store;
+* ``SinkPausedError``: the sink is paused: retried every ``pause_interval`` seconds;
+* ``RejectedError``: split the batch in halves until the rejected events are isolated; those
+  are dead-lettered, the rest delivered;
+* ``PermanentError``: dead-letter the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import DeliverySettings
+from ..event import Event
+from ..exceptions import (
+    ConfigError,
+    DeliveryError,
+    PermanentError,
+    RejectedError,
+    SinkPausedError,
+)
+from ..outbox.base import Failure, Leased, Outbox
+from ..plugins import await_me_maybe
+from ..sink import Sink, call_maybe_sync
+from .pacing import LogThrottle, TokenBucket, backoff_delay
+
+logger = logging.getLogger("eventsink")
+
+HOT_BATCHES = 10  # batches of events leased at append that a lane keeps in memory
+OUTBOX_RETRY_DELAY = 1.0  # seconds before trying again after the outbox itself failed
+
+
+@dataclass
+class LaneStats:
+    """Counters and last outcomes of one lane, for status pages."""
+
+    delivered: int = 0
+    batches: int = 0
+    failed_attempts: int = 0
+    dead_lettered: int = 0
+    in_flight: int = 0
+    last_success: float | None = None
+    last_error: dict[str, Any] | None = None
+    paused: str | None = None
+    _recent: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
+
+    def record_delivery(self, count: int) -> None:
+        now = time.time()
+        self.delivered += count
+        self.batches += 1
+        self.last_success = now
+        self._recent.append((now, count))
+        while self._recent and self._recent[0][0] < now - 60:
+            self._recent.popleft()
+
+    def rate(self) -> float:
+        """Events delivered per second over the last minute."""
+        now = time.time()
+        recent = [count for moment, count in self._recent if moment >= now - 60]
+        return sum(recent) / 60.0
+
+
+class Lane:
+    """Deliver one sink's events from the outbox."""
+
+    def __init__(
+        self,
+        name: str,
+        sink: Sink,
+        settings: DeliverySettings,
+        outbox: Outbox,
+        *,
+        hooks: Any,
+        settle: Callable[[int, Sequence[Event]], None],
+        poll_interval: float | None = None,
+    ) -> None:
+        self.name = name
+        self.sink = sink
+        self.settings = settings
+        self.outbox = outbox
+        self.hooks = hooks
+        self._settle = settle
+        self.poll_interval = poll_interval
+        self.limiter = TokenBucket(settings.max_rate, settings.time_period)
+        self.stats = LaneStats()
+        self.pending = 0  # events in the outbox for this sink that nobody has leased
+        # Events leased at append, oldest first: the first few batches in memory ("hot"), the
+        # rest ("spilled") only in the outbox, known by the range of their handles and read
+        # back when their turn comes.
+        self._hot: deque[Leased] = deque()
+        self._hot_count = 0
+        self._hot_limit = HOT_BATCHES * settings.batch_limit if outbox.reads_back else None
+        self._spill_first = self._spill_last = 0
+        self._spilled_count = 0
+        self.settled = 0
+        self._first_pending_at: float | None = None
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._flushing = 0
+        self._log = LogThrottle(60.0)
+        self.opened = False
+
+    @property
+    def label(self) -> str:
+        """How logs name this lane: its name, and where it delivers when that says more."""
+        target = self.sink.describe()
+        return repr(self.name) if target == self.name else f"{self.name!r} ({target})"
+
+    @property
+    def paused(self) -> bool:
+        return self.stats.paused is not None
+
+    # -- signals from the pipeline ---------------------------------------------------------
+
+    @property
+    def available(self) -> int:
+        """Events this lane knows are waiting: unleased in the outbox, or leased at append."""
+        return self.pending + self._hot_count + self._spilled_count
+
+    def _arrived(self, was: int) -> None:
+        if was == 0:
+            self._first_pending_at = time.monotonic()
+        if was == 0 or self.available >= self.settings.batch_limit:
+            self._ready.set()  # the lane recomputes how long it may still wait
+
+    def notify(self, count: int) -> None:
+        """``count`` events were appended for this sink and wait in the outbox."""
+        was = self.available
+        self.pending += count
+        self._arrived(was)
+
+    def offer(self, leased: Leased) -> None:
+        """Events appended and already leased to this lane."""
+        was = self.available
+        count = len(leased.handles)
+        room = self._hot_limit is None or self._hot_count + count <= self._hot_limit
+        if room and not self._spilled_count:
+            self._hot.append(leased)
+            self._hot_count += count
+        else:  # memory holds enough: the events are read back from the outbox later
+            if not self._spilled_count:
+                self._spill_first = leased.handles[0]
+            self._spill_last = leased.handles[-1]
+            self._spilled_count += count
+        self._arrived(was)
+
+    def take_hot(self, limit: int) -> Leased:
+        """Up to ``limit`` of the oldest events leased at append (for sending or dropping)."""
+        events: list[Any] = []
+        handles: list[Any] = []
+        while self._hot and len(events) < limit:
+            chunk = self._hot[0]
+            room = limit - len(events)
+            if len(chunk.events) <= room:
+                self._hot.popleft()
+                events += chunk.events
+                handles += chunk.handles
+            else:
+                events += chunk.events[:room]
+                handles += chunk.handles[:room]
+                self._hot[0] = Leased(chunk.events[room:], chunk.handles[room:])
+        self._hot_count -= len(events)
+        return Leased(events, handles)
+
+    async def discard_oldest(self, count: int) -> list[Event]:
+        """Remove up to ``count`` of the oldest events leased at append and not yet sent.
+
+        For ``overflow: drop_oldest``. Removing them from the outbox is the same operation as
+        confirming them. Returns the removed events.
+        """
+        dropped = self.take_hot(count)
+        if len(dropped.events) < count and self._spilled_count:
+            spilled = await self._read_spilled(count - len(dropped.events))  # for their sizes
+            if spilled is not None:
+                dropped.events += spilled.events
+                dropped.handles = [*dropped.handles, *spilled.handles]
+        if dropped.events:
+            await self.outbox.ack(self.name, dropped)
+        return dropped.events
+
+    def start_flush(self) -> None:
+        """Send partial batches without waiting, until :meth:`end_flush`."""
+        self._flushing += 1
+        self._ready.set()
+
+    def end_flush(self) -> None:
+        self._flushing -= 1
+
+    def stop(self) -> None:
+        """Finish the current attempt, then return from :meth:`run`."""
+        self._stop.set()
+        self._ready.set()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def open_sink(self) -> None:
+        """Open the sink. A ``ConfigError`` propagates: the configuration cannot work."""
+        try:
+            await call_maybe_sync(self.sink.open)
+        except ConfigError:
+            raise
+        except PermanentError as error:
+            raise ConfigError(f"sink {self.name!r}: {error}", key=self.name) from None
+        self.opened = True
+
+    async def run(self) -> None:
+        """Deliver until stopped, with up to ``concurrency`` batches in flight."""
+        limit = self.settings.batch_limit
+        slots = asyncio.Semaphore(self.settings.concurrency)
+        sending: set[asyncio.Task[None]] = set()
+        leased: Leased | None = None
+        try:
+            while not self._stop.is_set():
+                # The next batch is leased before a send slot frees up, so the outbox round
+                # trip overlaps the sends in flight instead of adding to them.
+                await self._wait_for_batch()
+                if self._stop.is_set():
+                    break
+                try:
+                    leased = await self._next_batch(limit)
+                except Exception:  # e.g. another process held the write lock for 30 s
+                    logger.exception(
+                        "eventsink sink %s: reading the outbox failed; trying again in %.0fs",
+                        self.label,
+                        OUTBOX_RETRY_DELAY,
+                    )
+                    if await self._sleep_unless_stopped(OUTBOX_RETRY_DELAY):
+                        break
+                    continue
+                if self.available == 0:
+                    self._first_pending_at = None
+                if leased is None:
+                    continue
+                await slots.acquire()
+                if self._stop.is_set():
+                    slots.release()
+                    break
+                task = asyncio.ensure_future(self._send_in_slot(leased, slots))
+                leased = None
+                sending.add(task)
+                task.add_done_callback(sending.discard)
+        except asyncio.CancelledError:
+            for task in sending:
+                task.cancel()
+            raise
+        finally:
+            if sending:  # each finishes its attempt, or gives its batch back when stopped
+                await asyncio.gather(*sending, return_exceptions=True)
+            if leased is not None:
+                await self.outbox.release(self.name, leased)
+            while self._hot:
+                await self.outbox.release(self.name, self._hot.popleft())
+            self._hot_count = 0
+            # Spilled events stay leased to this process until the outbox closes, which gives
+            # back everything the process holds in one statement.
+
+    async def _send_in_slot(self, leased: Leased, slots: asyncio.Semaphore) -> None:
+        try:
+            await self.deliver(leased)
+        except Exception:
+            # Not a sink failure (deliver handles those): the outbox failed to record an
+            # outcome. The batch is still leased to this process, so it is sent again later
+            # rather than stranded until a restart; a repeat is absorbed by the ids.
+            logger.exception(
+                "eventsink sink %s: the outbox failed while delivering a batch; it is sent "
+                "again in %.0fs",
+                self.label,
+                OUTBOX_RETRY_DELAY,
+            )
+            if not await self._sleep_unless_stopped(OUTBOX_RETRY_DELAY):
+                self._hot.appendleft(leased)
+                self._hot_count += len(leased.events)
+                self._ready.set()
+        finally:
+            slots.release()
+
+    async def _lease_backlog(self, limit: int) -> Leased | None:
+        leased = await self.outbox.lease(self.name, limit)
+        self.pending = 0 if leased is None else max(0, self.pending - len(leased.events))
+        return leased
+
+    async def _next_batch(self, limit: int) -> Leased | None:
+        if self.pending:  # older events first
+            return await self._lease_backlog(limit)
+        if self._hot:
+            return self.take_hot(limit)
+        if self._spilled_count:
+            return await self._read_spilled(limit)
+        return None
+
+    async def _read_spilled(self, limit: int) -> Leased | None:
+        """Read back up to ``limit`` of the oldest spilled events from the outbox."""
+        leased = await self.outbox.read_leased(
+            self.name, self._spill_first, self._spill_last, limit
+        )
+        found = len(leased.events) if leased else 0
+        if leased is not None:
+            self._spill_first = leased.handles[-1] + 1
+        self._spilled_count -= found
+        if found < limit and self._spilled_count:
+            # The range is read to its end, yet some are missing: only another process that
+            # presumed this one dead (stalled past lease_seconds) can have taken them.
+            self._finish(self._spilled_count)
+            self._spilled_count = 0
+        return leased
+
+    async def _wait_for_batch(self) -> None:
+        """Return when a batch should be leased: full, old enough, flushing, or polling."""
+        settings = self.settings
+        while not self._stop.is_set():
+            available = self.available
+            if available >= settings.batch_limit or (self._flushing and available):
+                return
+            timeout: float | None
+            if available and self._first_pending_at is not None:
+                waited = time.monotonic() - self._first_pending_at
+                timeout = settings.flush_interval - waited
+                if timeout <= 0:
+                    return
+            else:
+                timeout = self.poll_interval
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                if self.available:
+                    return
+                # Nothing known to be pending: poll the shared outbox for work left by
+                # replays or other processes.
+                self.pending = 1
+                self._first_pending_at = None
+                return
+
+    async def _sleep_unless_stopped(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; return True if the lane was stopped meanwhile."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), delay)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def deliver(self, leased: Leased) -> None:
+        """Deliver one leased batch, retrying and splitting as its failures require."""
+        batch = leased.events
+        self.stats.in_flight += len(batch)
+        try:
+            await self._deliver(leased)
+        finally:
+            self.stats.in_flight -= len(batch)
+
+    async def _deliver(self, leased: Leased) -> None:
+        while True:
+            await self.limiter.acquire()
+            batch = leased.events
+            for result in self.hooks.eventsink_before_send(sink=self.name, batch=batch):
+                await await_me_maybe(result)
+            try:
+                if not self.opened:
+                    await self.open_sink()
+                await call_maybe_sync(self.sink.send, batch)
+            except asyncio.CancelledError:
+                raise
+            except RejectedError as error:
+                if len(batch) > 1:
+                    first, second = leased.split()
+                    await self._deliver(first)
+                    await self._deliver(second)
+                    return
+                await self._dead_letter(leased, error)
+                return
+            except (PermanentError, ConfigError) as error:
+                await self._dead_letter(leased, error)
+                return
+            except Exception as error:
+                if await self._retry_later(leased, error):
+                    return
+                continue
+            await self.outbox.ack(self.name, leased)
+            self.stats.record_delivery(len(batch))
+            self.stats.paused = None
+            self._finish(len(batch), batch)
+            for result in self.hooks.eventsink_batch_sent(sink=self.name, batch=batch):
+                await await_me_maybe(result)
+            return
+
+    def _finish(self, count: int, events: Sequence[Event] = ()) -> None:
+        self.settled += count
+        self._settle(count, events)
+
+    def _failure(self, leased: Leased, error: BaseException) -> Failure:
+        now = time.time()
+        status = getattr(error, "status", None)
+        message = str(error) if str(error) else type(error).__name__
+        return Failure(
+            message=message,
+            status=status,
+            attempts=leased.attempts,
+            first_failure=leased.first_failure or now,
+            last_failure=now,
+            paused=isinstance(error, SinkPausedError),
+        )
+
+    async def _retry_later(self, leased: Leased, error: Exception) -> bool:
+        """Back off after a failed attempt.
+
+        Returns True when this batch is finished with (dead-lettered, or released because the
+        lane stopped), False when it should be sent again.
+        """
+        settings = self.settings
+        leased.attempts += 1
+        if leased.first_failure is None:
+            leased.first_failure = time.time()
+        failure = self._failure(leased, error)
+        self.stats.failed_attempts += 1
+        self.stats.last_error = {
+            "status": failure.status,
+            "message": failure.message,
+            "time": failure.last_failure,
+        }
+        age = failure.last_failure - failure.first_failure
+        if (settings.max_attempts is not None and leased.attempts >= settings.max_attempts) or (
+            settings.max_age is not None and age >= settings.max_age
+        ):
+            await self._dead_letter(leased, error, failure)
+            return True
+        paused = isinstance(error, SinkPausedError)
+        retry_after = getattr(error, "retry_after", None)
+        if paused:
+            delay = max(settings.pause_interval, retry_after or 0)
+            self.stats.paused = failure.message
+            logger.error(
+                "eventsink sink %s is paused: %s. %d event(s) kept; retrying in %.0fs",
+                self.label,
+                failure.message,
+                len(leased.events),
+                delay,
+            )
+        else:
+            delay = backoff_delay(
+                leased.attempts, settings.retry_initial, settings.retry_max, retry_after
+            )
+            self._log_retry(error, failure, delay)
+        for result in self.hooks.eventsink_send_error(
+            sink=self.name, batch=leased.events, error=error, final=False
+        ):
+            await await_me_maybe(result)
+        await self.outbox.record_failure(self.name, leased, failure)
+        if await self._sleep_unless_stopped(delay):
+            await self.outbox.release(self.name, leased)
+            return True
+        return False
+
+    def _log_retry(self, error: Exception, failure: Failure, delay: float) -> None:
+        suppressed = self._log.allow("retry")
+        if suppressed is None:
+            return
+        more = f" ({suppressed} more failed attempts since the last message)" if suppressed else ""
+        if isinstance(error, DeliveryError):
+            logger.warning(
+                "eventsink sink %s failed, attempt %d: %s; retrying in %.1fs%s",
+                self.label,
+                failure.attempts,
+                failure.message,
+                delay,
+                more,
+            )
+        else:
+            logger.error(
+                "eventsink sink %r raised an unexpected error (a bug in the sink?); "
+                "the batch is kept and retried in %.1fs%s",
+                self.name,
+                delay,
+                more,
+                exc_info=error,
+            )
+
+    async def _dead_letter(
+        self, leased: Leased, error: BaseException, failure: Failure | None = None
+    ) -> None:
+        if failure is None:
+            leased.attempts += 1
+            failure = self._failure(leased, error)
+        await self.outbox.dead_letter(self.name, leased, failure)
+        count = len(leased.events)
+        self.stats.dead_lettered += count
+        self.stats.last_error = {
+            "status": failure.status,
+            "message": failure.message,
+            "time": failure.last_failure,
+        }
+        self._finish(count, leased.events)
+        logger.error(
+            "eventsink sink %s rejected %d event(s) permanently: %s. %s",
+            self.label,
+            count,
+            failure.message,
+            self.outbox.dead_letter_hint,
+        )
+        for result in self.hooks.eventsink_send_error(
+            sink=self.name, batch=leased.events, error=error, final=True
+        ):
+            await await_me_maybe(result)

@@ -1,0 +1,424 @@
+"""The pipeline: events in, through the outbox, out to every configured sink.
+
+::
+
+    write() ─> EventFactory ─> Intake ─> (writer task) Outbox.append ─> Lane per sink ─> Sink
+               (ULID, enrich,  (bounded,                  one commit       (batch, rate,
+                filter)         thread-safe)              per group)        retry, dead-letter)
+
+A :class:`Pipeline` runs on one asyncio event loop: Datasette's own loop for the plugin, or a
+background thread's loop for :class:`eventsink.Client`. ``write`` may be called from any other
+thread; ``write_async`` from the loop itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from platformdirs import user_data_dir
+
+from ..config import Settings
+from ..event import Event
+from ..outbox import MemoryOutbox, Outbox
+from ..outbox.sqlite import SQLiteOutbox
+from ..plugins import hook_chain, lookup, make_plugin_manager, sink_classes
+from ..sink import Sink, call_maybe_sync
+from .intake import EventFactory, Intake
+from .lane import Lane
+
+logger = logging.getLogger("eventsink")
+
+POLL_INTERVAL = 2.0  # seconds between looks at a shared outbox for work from elsewhere
+
+
+def default_outbox_path() -> Path:
+    """Where ``Client`` and the CLI keep their outbox when none is configured."""
+    return Path(user_data_dir("eventsink", appauthor=False)) / "outbox.db"
+
+
+def make_outbox(settings: Settings) -> Outbox:
+    """The outbox named by ``settings.outbox``: ``:memory:``, a path, or the default file."""
+    if settings.outbox == ":memory:":
+        return MemoryOutbox()
+    path = settings.outbox or os.fspath(default_outbox_path())
+    return SQLiteOutbox(Path(path).expanduser(), durability=settings.durability)
+
+
+def build_sinks(settings: Settings, pm: pluggy.PluginManager) -> dict[str, Sink]:
+    """Instantiate every configured sink (each validates its own options)."""
+    classes = sink_classes(pm)
+    sinks = {}
+    for index, sink_config in enumerate(settings.sinks):
+        key = "sink" if len(settings.sinks) == 1 else f"sinks[{index}].type"
+        cls = lookup(classes, sink_config.type, "sink", key)
+        sinks[sink_config.name] = cls(**sink_config.options)
+    return sinks
+
+
+class Pipeline:
+    """Accept events and deliver them to every configured sink, nothing lost.
+
+    Build it with validated :class:`~eventsink.config.Settings`, ``await start()`` on the loop
+    that will run it, write events, and ``await close()`` at the end.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pm: pluggy.PluginManager | None = None,
+        outbox: Outbox | None = None,
+        sinks: Mapping[str, Sink] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pm = pm or make_plugin_manager()
+        self.sinks = dict(sinks) if sinks is not None else build_sinks(settings, self.pm)
+        self.outbox = outbox if outbox is not None else make_outbox(settings)
+        self.factory = EventFactory(
+            settings.instance,
+            enrichers=hook_chain(self.pm.hook.eventsink_enrich),
+            filters=hook_chain(self.pm.hook.eventsink_filter),
+        )
+        self.intake = Intake(
+            sink_count=len(self.sinks),
+            capacity=settings.max_events or self.outbox.default_max_events,
+            max_bytes=settings.max_bytes,
+            overflow=settings.overflow,
+            wake=self._wake_from_any_thread,
+        )
+        poll = POLL_INTERVAL if self.outbox.shared else None
+        self.lanes = {
+            config.name: Lane(
+                config.name,
+                self.sinks[config.name],
+                config.delivery,
+                self.outbox,
+                hooks=self.pm.hook,
+                settle=self._settle,
+                poll_interval=poll,
+            )
+            for config in settings.sinks
+        }
+        self._names = list(self.lanes)
+        self._restored: dict[str, int] = dict.fromkeys(self._names, 0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._wake: asyncio.Event | None = None
+        self._progress: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lane_tasks: list[asyncio.Task[None]] = []
+        self._writer_task: asyncio.Task[None] | None = None
+        self.started_at: float | None = None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Pipeline instance={self.settings.instance!r} sinks={self._names!r}>"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the outbox and the sinks and start delivering.
+
+        Raises :class:`~eventsink.exceptions.ConfigError` when a sink cannot work with its
+        configuration (for example a file sink whose path cannot be written).
+        """
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        backlog = await self.outbox.open(self._names)
+        for name, lane in self.lanes.items():
+            left = backlog.get(name)
+            rows = left.pending if left else 0  # what other live processes hold is theirs
+            if rows:
+                logger.info("eventsink sink %r: %d event(s) left by an earlier run", name, rows)
+                self._restored[name] = rows
+                self.intake.restore(rows, left.pending_bytes if left else 0)
+                lane.notify(rows)
+        for lane in self.lanes.values():
+            try:
+                await lane.open_sink()
+            except Exception as error:
+                if isinstance(error, ValueError):  # ConfigError: this can never work
+                    await self.outbox.close()
+                    raise
+                logger.warning(
+                    "eventsink sink %r could not be opened (%s); it will be retried",
+                    lane.name,
+                    error,
+                )
+        self._writer_task = self._spawn(self._writer())
+        for lane in self.lanes.values():
+            self._lane_tasks.append(self._spawn(lane.run()))
+        self.started_at = time.time()
+
+    @staticmethod
+    def _started_event(event: asyncio.Event | None) -> asyncio.Event:
+        if event is None:
+            raise RuntimeError("the pipeline has not been started: await pipeline.start() first")
+        return event
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("eventsink task failed", exc_info=task.exception())
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(
+        self,
+        table: str,
+        data: Mapping[str, Any],
+        *,
+        created: str | None = None,
+        event_id: str | None = None,
+    ) -> str | None:
+        """Accept one event from any thread but the loop's; return its id (``None`` if filtered).
+
+        Never waits on the network. With ``overflow: block`` it waits for room in the outbox.
+        """
+        event = self.factory.make(table, data, created=created, event_id=event_id)
+        if event is None:
+            self.intake.count_drop("filtered", 1)
+            return None
+        on_loop = threading.get_ident() == self._loop_thread
+        self.intake.put(event, block_timeout=0 if on_loop else None)
+        return event.id
+
+    async def write_async(
+        self,
+        table: str,
+        data: Mapping[str, Any],
+        *,
+        created: str | None = None,
+        event_id: str | None = None,
+        wait_committed: bool = True,
+    ) -> str | None:
+        """Accept one event on the loop thread; by default return once it is committed."""
+        event = self.factory.make(table, data, created=created, event_id=event_id)
+        if event is None:
+            self.intake.count_drop("filtered", 1)
+            return None
+        await self.intake.put_async(event, wait_committed=wait_committed and self.outbox.durable)
+        return event.id
+
+    def _wake_from_any_thread(self) -> None:
+        if self._loop is None or self._wake is None:
+            return  # not started: the writer drains the buffer when it starts
+        if threading.get_ident() == self._loop_thread:
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _writer(self) -> None:
+        """Move accepted events from the intake into the outbox, one commit per group.
+
+        Returns once the intake is closed and empty. It is never cancelled while appending:
+        the events it took from the intake exist nowhere else until the commit.
+        """
+        wake = self._started_event(self._wake)
+        while True:
+            if not len(self.intake):
+                if self.intake.closed:
+                    return
+                await wake.wait()
+            wake.clear()
+            await self._append_buffered()
+
+    async def _append_buffered(self) -> None:
+        events, group = self.intake.take()
+        if events:
+            delay = 0.1
+            while True:
+                try:
+                    leased = await self.outbox.append(events, self._names, self._names)
+                    break
+                except Exception:
+                    logger.exception(
+                        "eventsink cannot store %d event(s) in the outbox; retrying in %.1fs",
+                        len(events),
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            for name, lane in self.lanes.items():
+                lane.offer(leased[name])
+            if self.settings.overflow == "drop_oldest":
+                try:
+                    await self._drop_oldest()
+                except Exception:  # the next append tries again; the writer must go on
+                    logger.exception("eventsink could not drop the oldest events")
+        if group is not None and not group.done():
+            group.set_result(None)
+
+    async def _drop_oldest(self) -> None:
+        while excess := self.intake.excess():
+            per_lane = -(-excess // len(self.lanes))
+            total = 0
+            for name, lane in self.lanes.items():
+                dropped = await self.outbox.drop_oldest(name, per_lane)
+                lane.pending = max(0, lane.pending - len(dropped))
+                if len(dropped) < per_lane:
+                    dropped += await lane.discard_oldest(per_lane - len(dropped))
+                if dropped:
+                    lane.settled += len(dropped)
+                    self.intake.count_drop("overflow", len(dropped))
+                    self._settle(len(dropped), dropped)
+                total += len(dropped)
+            if not total:
+                return  # everything left is being sent
+
+    def _settle(self, rows: int, events: Sequence[Event] = ()) -> None:
+        self.intake.settle(rows, events)
+        if self._progress is not None:
+            self._progress.set()
+
+    # -- flushing and closing --------------------------------------------------------------
+
+    async def flush(self, timeout: float | None = None, *, unless_paused: bool = False) -> bool:
+        """Wait until every event accepted so far is delivered or dead-lettered.
+
+        Returns ``False`` if ``timeout`` seconds passed first (the events stay in the outbox),
+        or, with ``unless_paused``, as soon as every sink still owing events is paused.
+        """
+        progress = self._started_event(self._progress)
+        self._started_event(self._wake).set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        accepted = self.intake.accepted
+        targets = {name: self._restored[name] + accepted for name in self.lanes}
+        for lane in self.lanes.values():
+            lane.start_flush()
+        try:
+            while owing := [
+                lane for name, lane in self.lanes.items() if lane.settled < targets[name]
+            ]:
+                if unless_paused and all(lane.paused for lane in owing):
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                progress.clear()
+                if unless_paused:  # a lane pausing does not signal progress: look again soon
+                    remaining = 0.1 if remaining is None else min(remaining, 0.1)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(progress.wait(), remaining)
+            return True
+        finally:
+            for lane in self.lanes.values():
+                lane.end_flush()
+
+    async def close(self, timeout: float | None = 10.0) -> int:
+        """Stop accepting, deliver what can be delivered within ``timeout``, then stop.
+
+        Whatever is left stays in the outbox (durable outboxes deliver it on the next start).
+        Returns the number of undelivered events left behind. Safe to call twice.
+        """
+        if self.closed:
+            return 0
+        self.closed = True
+        self.intake.close()
+        if self._loop is None:
+            return len(self.intake)
+        # A paused sink (e.g. a refused token) delivers nothing until a person acts: waiting
+        # out the timeout for it would only delay shutdown; its events stay in the outbox.
+        delivered_all = await self.flush(timeout, unless_paused=True)
+        await self._stop_writer()
+        for lane in self.lanes.values():
+            lane.stop()
+        if self._lane_tasks:
+            _, running = await asyncio.wait(self._lane_tasks, timeout=5.0)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for lane in self.lanes.values():
+            try:
+                await call_maybe_sync(lane.sink.close)
+            except Exception:
+                logger.exception("eventsink sink %r failed to close", lane.name)
+        left = 0 if delivered_all else self.intake.rows
+        await self.outbox.close()
+        if left:
+            where = "kept in the outbox" if self.outbox.durable else "lost (in-memory outbox)"
+            logger.warning("eventsink closed with %d undelivered event(s), %s", left, where)
+        return left
+
+    async def _stop_writer(self) -> None:
+        """Let the writer append what is still buffered, then return (the intake is closed)."""
+        writer = self._writer_task
+        if writer is None or writer.done():
+            return
+        self._started_event(self._wake).set()
+        _, running = await asyncio.wait([writer], timeout=30.0)
+        if running:  # the outbox has refused appends for 30 s: give up on the buffered ones
+            logger.error(
+                "eventsink could not store %d buffered event(s) in the outbox before closing",
+                len(self.intake),
+            )
+            writer.cancel()
+
+    # -- inspection and repair -------------------------------------------------------------
+
+    async def replay(self, sink: str | None = None, since: str | None = None) -> dict[str, int]:
+        """Move dead letters back to be delivered; return how many, by sink."""
+        moved = await self.outbox.replay(sink=sink, since=since)
+        for name, count in moved.items():
+            if name in self.lanes:
+                self._restored[name] += count
+                self.intake.restore(count)
+                self.lanes[name].notify(count)
+        return moved
+
+    async def status(self) -> dict[str, Any]:
+        """A JSON-safe snapshot for status pages: per sink counts, errors and pauses.
+
+        ``in_flight`` counts the events in batches this process is sending (or retrying) now,
+        ``pending`` every other undelivered event of the sink in the outbox.
+        """
+        backlog = await self.outbox.backlog()
+        sinks = {}
+        for name, lane in self.lanes.items():
+            held = backlog.get(name)
+            stats = lane.stats
+            stored = (held.pending + held.in_flight) if held else 0
+            sinks[name] = {
+                "type": lane.sink.name,
+                "target": lane.sink.describe(),
+                "pending": max(0, stored - stats.in_flight),
+                "in_flight": stats.in_flight,
+                "oldest_pending": held.oldest_created if held else None,
+                "dead_letters": held.dead_letters if held else 0,
+                "delivered": stats.delivered,
+                "batches": stats.batches,
+                "failed_attempts": stats.failed_attempts,
+                "dead_lettered": stats.dead_lettered,
+                "rate": round(stats.rate(), 2),
+                "last_success": stats.last_success,
+                "last_error": stats.last_error,
+                "paused": stats.paused,
+            }
+        return {
+            "instance": self.settings.instance,
+            "started": self.started_at,
+            "outbox": {"kind": type(self.outbox).__name__, "durable": self.outbox.durable},
+            "accepted": self.intake.accepted,
+            "dropped": dict(self.intake.dropped),
+            "sinks": sinks,
+        }

@@ -1,0 +1,168 @@
+"""The sqlite sink: row shape, schema growth, idempotence, transactions, config errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import pytest
+from eventsink.sinks.sqlite import SQLiteSink
+
+from eventsink import Client, ConfigError, Event, RetryableError
+from eventsink.plugins import lookup, make_plugin_manager, sink_classes
+
+from ..conftest import table_rows as rows
+
+
+def event(number: int, table: str = "clicks", **data: object) -> Event:
+    return Event(
+        f"01J00000000000000000000{number:03d}",
+        table,
+        "test",
+        f"2026-01-01T00:00:00.{number:03d}+00:00",
+        {"n": number, **data},
+    )
+
+
+class TestRows:
+    """Each event becomes one row shaped like the Datasette sink's."""
+
+    def test_envelope_columns_first_then_data(self, tmp_path):
+        sink = SQLiteSink(path=str(tmp_path / "e.db"))
+        sink.open()
+        sink.send([event(1, user="ada", tags=["a", "b"], meta={"k": 1}, ok=True, x=1.5)])
+        sink.close()
+        connection = sqlite3.connect(tmp_path / "e.db")
+        info = connection.execute("pragma table_info(clicks)").fetchall()
+        assert [column[1] for column in info][:4] == ["id", "instance", "created", "n"]
+        assert [column[1] for column in info if column[5]] == ["id"]  # the primary key
+        types = {column[1]: column[2] for column in info}
+        assert types["n"] == "INTEGER" and types["x"] == "REAL" and types["user"] == "TEXT"
+        (row,) = rows(tmp_path / "e.db", "clicks")
+        assert row["id"] == "01J00000000000000000000001"
+        assert row["instance"] == "test"
+        assert json.loads(row["tags"]) == ["a", "b"]
+        assert json.loads(row["meta"]) == {"k": 1}
+        assert row["ok"] == 1
+
+    def test_new_keys_add_columns_and_old_rows_get_null(self, tmp_path):
+        sink = SQLiteSink(path=str(tmp_path / "e.db"))
+        sink.send([event(1)])
+        sink.send([event(2, colour="red")])
+        sink.close()
+        assert [row.get("colour") for row in rows(tmp_path / "e.db", "clicks")] == [None, "red"]
+
+    def test_each_event_goes_to_its_own_table_unless_one_is_configured(self, tmp_path):
+        sink = SQLiteSink(path=str(tmp_path / "e.db"))
+        sink.send([event(1, "a"), event(2, "b"), event(3, "a")])
+        sink.close()
+        assert [row["n"] for row in rows(tmp_path / "e.db", "a")] == [1, 3]
+        assert [row["n"] for row in rows(tmp_path / "e.db", "b")] == [2]
+        fixed = SQLiteSink(path=str(tmp_path / "f.db"), table="all_events")
+        fixed.send([event(1, "a"), event(2, "b")])
+        fixed.close()
+        assert len(rows(tmp_path / "f.db", "all_events")) == 2
+        assert "table all_events" in fixed.describe()
+
+
+class TestIdempotence:
+    """A batch delivered twice is stored once, keyed by id."""
+
+    def test_resent_batch_is_ignored(self, tmp_path):
+        sink = SQLiteSink(path=str(tmp_path / "e.db"))
+        batch = [event(number) for number in range(50)]
+        sink.send(batch)
+        sink.send(batch[10:])
+        sink.send([event(0, n_changed=True)])  # same id, other data: the first one stays
+        sink.close()
+        stored = rows(tmp_path / "e.db", "clicks")
+        assert len(stored) == 50
+        assert stored[0].get("n_changed") is None
+
+
+class TestTransactions:
+    """A batch is committed whole or not at all."""
+
+    def test_locked_database_is_retryable_and_nothing_is_half_written(self, tmp_path):
+        path = tmp_path / "e.db"
+        sink = SQLiteSink(path=str(path))
+        sink.send([event(0)])
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("begin immediate")
+        sink._db.conn.execute("pragma busy_timeout=50")
+        with pytest.raises(RetryableError, match="locked"):
+            sink.send([event(1, "clicks"), event(2, "other")])
+        blocker.execute("rollback")
+        blocker.close()
+        assert [row["n"] for row in rows(path, "clicks")] == [0]
+        sink.send([event(1, "clicks"), event(2, "other")])
+        sink.close()
+        assert [row["n"] for row in rows(path, "clicks")] == [0, 1]
+
+
+class TestConfig:
+    """Bad configuration fails at start naming the key."""
+
+    def test_unwritable_path_names_the_key(self, tmp_path):
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        sink = SQLiteSink(path=str(blocker / "e.db"))
+        with pytest.raises(ConfigError) as caught:
+            sink.open()
+        assert caught.value.key == "path"
+
+    def test_unknown_option_names_the_key(self):
+        with pytest.raises(ConfigError, match="'tabel'"):
+            SQLiteSink(tabel="x")
+
+    def test_registered_as_a_builtin(self):
+        assert lookup(sink_classes(make_plugin_manager()), "sqlite", "sink") is SQLiteSink
+
+
+class TestThroughThePipeline:
+    """The sink behind a real client and durable outbox delivers every event once."""
+
+    def test_client_delivers_everything(self, tmp_path):
+        with Client(
+            sink="sqlite",
+            path=str(tmp_path / "e.db"),
+            outbox=str(tmp_path / "outbox.db"),
+            instance="web-1",
+            batch_limit=250,
+        ) as client:
+            ids = [client.write("signups", {"number": number}) for number in range(1000)]
+            assert client.flush(timeout=30)
+        stored = rows(tmp_path / "e.db", "signups")
+        assert [row["id"] for row in stored] == sorted(ids)
+        assert {row["instance"] for row in stored} == {"web-1"}
+
+    async def test_async_send_via_thread(self, tmp_path):
+        from eventsink.sink import call_maybe_sync
+
+        sink = SQLiteSink(path=str(tmp_path / "e.db"))
+        await call_maybe_sync(sink.open)
+        await asyncio.gather(call_maybe_sync(sink.send, [event(1)]))
+        await call_maybe_sync(sink.close)
+        assert len(rows(tmp_path / "e.db", "clicks")) == 1
+
+
+class TestRefusedRows:
+    """Rows a table's own constraints refuse are rejected, never silently skipped."""
+
+    def test_check_constraint_rejects_instead_of_ignoring(self, tmp_path):
+        from eventsink import RejectedError
+
+        path = tmp_path / "e.db"
+        connection = sqlite3.connect(path)
+        connection.execute(
+            "create table clicks (id text primary key, instance text, created text, "
+            "n integer check (n < 5))"
+        )
+        connection.close()
+        sink = SQLiteSink(path=str(path))
+        with pytest.raises(RejectedError, match="CHECK"):
+            sink.send([event(1), event(7)])
+        sink.send([event(1)])
+        sink.close()
+        assert [row["n"] for row in rows(path, "clicks")] == [1]
