@@ -27,7 +27,7 @@ import os
 import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -395,20 +395,116 @@ PIPELINE_OPTIONS: tuple[Option, ...] = (
 SINK_ENTRY_KEYS = ("type", "name")
 
 
-@dataclass(frozen=True)
-class DeliverySettings:
-    """How one sink's batches are formed, paced and retried."""
+# -- what differs between the ways in -------------------------------------------------------
 
-    batch_limit: int = 100
-    flush_interval: float = 1.0
-    max_rate: int | None = None
-    time_period: float = 1.0
-    concurrency: int = 1
-    retry_initial: float = 0.5
-    retry_max: float = 5.0
-    max_age: float | None = None
-    max_attempts: int | None = None
-    pause_interval: float = 30.0
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """The defaults of one way into eventsink, applied beneath the user's configuration.
+
+    Every other default is its option's own (above). ``sink`` is used when the configuration
+    names none; ``defaults`` are option values that differ from the catalogue's; ``outbox``
+    says where events wait when no ``outbox`` is configured; with
+    ``names_sinks_after_destination`` a sink given no ``name`` is keyed in the outbox by its
+    ``describe()`` (``sqlite /home/ada/events.db``) instead of its type. ``why`` is shown in
+    the configuration reference.
+    """
+
+    name: str
+    sink: str
+    why: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    outbox: str = "user"  # "user": the shared file under the user data directory
+    names_sinks_after_destination: bool = False
+
+    def __post_init__(self) -> None:
+        known = {option.name for option in (*PIPELINE_OPTIONS, *DELIVERY_OPTIONS)}
+        for key in self.defaults:
+            if key not in known:
+                raise ValueError(f"entry point {self.name!r} sets unknown option {key!r}")
+        if self.outbox not in ("user", "datasette"):
+            raise ValueError(f"entry point {self.name!r}: outbox must be 'user' or 'datasette'")
+
+
+#: Every way into eventsink and what it does differently. The Python client and the CLI agree
+#: on the sink (``sqlite``: a local ``events.db`` that ``datasette events.db`` opens) so a
+#: program and a shell command given the same configuration deliver to the same place; the
+#: Datasette plugin's purpose is forwarding to another Datasette, so its default is ``datasette``.
+ENTRY_POINTS: dict[str, EntryPoint] = {
+    entry.name: entry
+    for entry in (
+        EntryPoint(
+            "client",
+            "sqlite",
+            "eventsink.Client: the same default sink as the CLI.",
+        ),
+        EntryPoint(
+            "cli",
+            "sqlite",
+            "eventsink replay --to: a local events.db, ready for 'datasette events.db'.",
+            names_sinks_after_destination=True,
+        ),
+        EntryPoint(
+            "send",
+            "sqlite",
+            "eventsink send reads in bulk: bigger batches mean fewer outbox round trips.",
+            defaults={"batch_limit": 1000},
+            names_sinks_after_destination=True,
+        ),
+        EntryPoint("pull", "sqlite", "eventsink pull: as the CLI."),
+        EntryPoint("consume", "sqlite", "eventsink consume: as the CLI."),
+        EntryPoint(
+            "datasette",
+            "datasette",
+            "The Datasette plugin. The original plugin sent 10 events per request at most "
+            "once every 10 s, capping delivery at 1 event/s; 100-row batches (the receiver's "
+            "default max_insert_rows) at most 10 requests a second keep up with 1,000 "
+            "events/s while using a few percent of the receiver's time. Two batches in flight "
+            "let the next request reach the receiver while it answers the current one.",
+            defaults={"max_rate": 10, "concurrency": 2},
+            outbox="datasette",
+        ),
+    )
+}
+
+
+def _field_type(option: Option) -> Any:
+    kind = int if option.kind is ByteSize else option.kind
+    return kind | None if option.nullable else kind
+
+
+def settings_class(
+    name: str,
+    options: Sequence[Option],
+    doc: str,
+    *,
+    leading: Sequence[tuple[str, Any]] = (),
+    trailing: Sequence[tuple[str, Any, Any]] = (),
+) -> type:
+    """A frozen dataclass with one field per option, its default the option's default.
+
+    ``leading`` fields (name, type) come first and have no default; ``trailing`` fields
+    (name, type, ``dataclasses.field(...)``) come last. This is how the settings classes are
+    derived from the option catalogue, so a default is written once, in its :class:`Option`.
+    """
+    fields: list[Any] = [
+        *leading,
+        *((option.name, _field_type(option), field(default=option.default)) for option in options),
+        *trailing,
+    ]
+    cls = make_dataclass(name, fields, frozen=True)
+    cls.__doc__ = doc
+    cls.__module__ = __name__
+    return cls
+
+
+#: How one sink's batches are formed, paced and retried: a field per :data:`DELIVERY_OPTIONS`
+#: entry, with that option's default.
+DeliverySettings = settings_class(
+    "DeliverySettings",
+    DELIVERY_OPTIONS,
+    "How one sink's batches are formed, paced and retried (fields: :data:`DELIVERY_OPTIONS`).",
+)
 
 
 @dataclass(frozen=True)
@@ -424,18 +520,17 @@ class SinkConfig:
         return f"SinkConfig(type={self.type!r}, name={self.name!r}, options={self.options!r})"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """A whole validated configuration."""
-
-    instance: str
-    sinks: tuple[SinkConfig, ...]
-    outbox: str | None = None
-    durability: str = "normal"
-    max_events: int | None = None
-    max_bytes: int | None = None
-    overflow: str = "block"
-    extra: dict[str, Any] = field(default_factory=dict)
+#: A whole validated configuration: ``instance`` (resolved to the host name when not given),
+#: ``sinks`` (:class:`SinkConfig`), a field per other :data:`PIPELINE_OPTIONS` entry with that
+#: option's default, and ``extra`` (the values of a caller's ``extra_options``).
+Settings = settings_class(
+    "Settings",
+    [option for option in PIPELINE_OPTIONS if option.name != "instance"],
+    "A whole validated configuration (fields: ``instance``, ``sinks``, the other "
+    ":data:`PIPELINE_OPTIONS`, ``extra``).",
+    leading=(("instance", str), ("sinks", tuple)),
+    trailing=(("extra", dict, field(default_factory=dict)),),
+)
 
 
 def parse_config(
