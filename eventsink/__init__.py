@@ -1,5 +1,6 @@
 """eventsink: get events from where they happen to where they are analysed, without losing one."""
 
+from .builder import build
 from .client import Client
 from .config import Option, Secret
 from .event import Event
@@ -45,6 +46,7 @@ __all__ = [
     "Sink",
     "SinkPausedError",
     "UnknownPluginError",
+    "build",
     "hookimpl",
     "hookspec",
 ]

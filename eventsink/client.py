@@ -15,26 +15,21 @@ bounded deadline, and logs how many events it could not deliver.
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import concurrent.futures
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pluggy
 
-from .config import parse_config
+from .builder import build
 from .exceptions import ClosedError
 from .hookspecs import hookimpl
-from .pipeline.pipeline import Pipeline
-from .plugins import lookup, make_plugin_manager, sink_classes
+from .pipeline.runner import PipelineRunner
+from .plugins import make_plugin_manager
 
 logger = logging.getLogger("eventsink")
 
 HANDLER_KINDS = ("send", "flush", "error")
-EXIT_TIMEOUT = 5.0
 
 
 class _Handlers:
@@ -76,43 +71,21 @@ class Client:
         pm: pluggy.PluginManager | None = None,
         **options: Any,
     ) -> None:
-        merged = {**(config or {}), **options}
         self.pm = pm or make_plugin_manager()
-        classes = sink_classes(self.pm)
-        self.settings = parse_config(
-            merged,
-            lambda name, key: lookup(classes, name, "sink", key).options,
-            default_sink="datasette",
-        )
         self._handlers = _Handlers()
         self.pm.register(self._handlers)
-        self.pipeline = Pipeline(self.settings, pm=self.pm)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="eventsink-client", daemon=True
-        )
-        self._thread.start()
-        self._closed = False
         try:
-            self._run(self.pipeline.start(), timeout=None)
+            self.pipeline = build({**(config or {}), **options}, entry_point="client", pm=self.pm)
+            self._runner = PipelineRunner(self.pipeline, name="eventsink-client").start()
         except BaseException:
-            self._stop_loop()
             self.pm.unregister(self._handlers)
             raise
-        _open_clients.add(self)
+        self.settings = self.pipeline.settings
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._runner.closed else "open"
         sinks = list(self.pipeline.sinks)
         return f"<Client {state} instance={self.settings.instance!r} sinks={sinks!r}>"
-
-    def _run(self, coroutine: Any, timeout: float | None) -> Any:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise
 
     # -- the API ---------------------------------------------------------------------------
 
@@ -122,7 +95,7 @@ class Client:
         Raises :class:`~eventsink.exceptions.EventError` (naming the field) for data JSON
         cannot hold, :class:`~eventsink.exceptions.ClosedError` after :meth:`close`.
         """
-        if self._closed:
+        if self._runner.closed:
             raise ClosedError("this client is closed")
         return self.pipeline.write(table, data)
 
@@ -149,15 +122,19 @@ class Client:
 
         Returns ``False`` if ``timeout`` seconds passed first.
         """
-        if self._closed:
+        if self._runner.closed:
             return True
-        delivered = self._run(self.pipeline.flush(timeout), timeout=None)
+        delivered = self._runner.flush(timeout)
         self._handlers.call("flush", delivered)
         return delivered
 
     def status(self) -> dict[str, Any]:
         """A snapshot of the pipeline: per sink pending, delivered, errors, pauses."""
-        return self._run(self.pipeline.status(), timeout=None)
+        return self._run(self.pipeline.status())
+
+    def _run(self, coroutine: Any, timeout: float | None = None) -> Any:
+        """Run ``coroutine`` on the client's loop (status, and tests reaching the outbox)."""
+        return self._runner.run(coroutine, timeout)
 
     def close(self, timeout: float | None = 10.0) -> int:
         """Deliver what can be delivered within ``timeout`` seconds, then stop.
@@ -165,39 +142,14 @@ class Client:
         Returns the number of events left undelivered (kept in a durable outbox for the next
         start). Safe to call twice.
         """
-        if self._closed:
-            return 0
-        self._closed = True
-        _open_clients.discard(self)
         try:
-            left = self._run(self.pipeline.close(timeout), timeout=None)
+            return self._runner.close(timeout)
         finally:
-            self._stop_loop()
-            self.pm.unregister(self._handlers)
-        return left
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+            if self.pm.is_registered(self._handlers):
+                self.pm.unregister(self._handlers)
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-_open_clients: set[Client] = set()  # strong: a client nobody holds still flushes at exit
-
-
-@atexit.register
-def _close_open_clients() -> None:
-    for client in list(_open_clients):
-        try:
-            left = client.close(timeout=EXIT_TIMEOUT)
-        except Exception:
-            logger.exception("eventsink could not close a client at exit")
-            continue
-        if left:
-            logger.warning("eventsink: %d event(s) were not delivered before exit", left)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from . import hookspecs
-from .config import DELIVERY_OPTIONS, PIPELINE_OPTIONS, ByteSize, Option
+from .config import DELIVERY_OPTIONS, ENTRY_POINTS, PIPELINE_OPTIONS, ByteSize, Option
 from .plugins import make_plugin_manager, sink_classes, source_classes
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -140,6 +140,24 @@ def extra_sections() -> str:
     return "\n".join(parts) or "None.\n"
 
 
+def entry_points_table() -> str:
+    """A Markdown table of :data:`~eventsink.config.ENTRY_POINTS`: what differs, and why."""
+    lines = [
+        "| entry point | default sink | other defaults | outbox | unnamed sinks keyed by | why |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in ENTRY_POINTS.values():
+        given = entry.defaults.items()
+        defaults = ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in given)
+        outbox = "user data file" if entry.outbox == "user" else "internal database"
+        keyed = "destination" if entry.names_sinks_after_destination else "type"
+        lines.append(
+            f"| `{entry.name}` | `{entry.sink}` | {defaults or 'none'} | {outbox} | {keyed} "
+            f"| {_cell(entry.why)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def hook_functions() -> list[Callable[..., object]]:
     """Every hook spec, in the order of ``eventsink/hookspecs.py``."""
     functions = [
@@ -170,6 +188,7 @@ def blocks() -> dict[str, dict[str, Callable[[], str]]]:
         "configuration.md": {
             "pipeline-options": lambda: options_table(PIPELINE_OPTIONS),
             "delivery-options": lambda: options_table(DELIVERY_OPTIONS),
+            "entry-points": entry_points_table,
             "sink-options": lambda: plugin_sections(builtin_sinks(), "sink"),
             "source-options": lambda: plugin_sections(builtin_sources(), "source"),
             "extra-options": extra_sections,

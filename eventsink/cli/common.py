@@ -1,38 +1,29 @@
-"""What the CLI commands share: reading the configuration, naming sinks, running a pipeline.
+"""What the CLI commands share: reading the configuration, options, logging, summaries.
 
-Sink names in the outbox
-    The outbox keys every pending event and dead letter by the configured sink's *name*. When a
-    configuration does not name a sink, the CLI names it after its destination
-    (``Sink.describe()``, e.g. ``sqlite /home/ada/events.db``), not after its type. Events left
-    in the shared outbox by an interrupted ``eventsink send`` are then delivered by the next
-    run to the *same* destination only, never to another ``events.db``.
+Commands build their pipeline with :func:`eventsink.build` (the ``cli`` and ``send`` entry
+points name a sink without a ``name`` after its destination, ``Sink.describe()``, so events
+left in the shared outbox by an interrupted ``eventsink send`` are delivered by the next run to
+the *same* destination only) and run it with :class:`eventsink.pipeline.runner.PipelineRunner`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 import logging
-import os
 import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
-import pluggy
 
-from ..config import Settings, parse_config
+from ..builder import outbox_path as resolve_outbox_path
+from ..config import ENTRY_POINTS
 from ..exceptions import ConfigError
 from ..hookspecs import hookimpl
-from ..pipeline.pipeline import Pipeline, default_outbox_path
-from ..plugins import lookup, make_plugin_manager, sink_classes
-from ..sink import Sink
 
-DEFAULT_SINK = "sqlite"
+DEFAULT_SINK = ENTRY_POINTS["cli"].sink
 
 
 def parse_option_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -75,10 +66,9 @@ def build_config(
     sink: str | None,
     options: tuple[str, ...],
     outbox: str | None,
-    defaults: Mapping[str, Any] = (),  # type: ignore[assignment]
 ) -> dict[str, Any]:
-    """Merge ``--config``, ``--sink``, ``-o`` and ``--outbox`` (later ones win) over defaults."""
-    config: dict[str, Any] = dict(defaults)
+    """Merge ``--config``, ``--sink``, ``-o`` and ``--outbox`` (later ones win)."""
+    config: dict[str, Any] = {}
     if config_file:
         config.update(load_config_file(config_file))
     if sink:
@@ -94,43 +84,13 @@ def build_config(
     config.update(pairs)
     if outbox:
         config["outbox"] = outbox
-    return config
+    # An empty key in a YAML file (``max_rate:``) means "the default", as if it were absent.
+    return {key: value for key, value in config.items() if value is not None}
 
 
 def outbox_path(config: Mapping[str, Any]) -> str:
     """The outbox the configuration names, or the shared default under the user data dir."""
-    path = os.fspath(Path(config.get("outbox") or default_outbox_path()).expanduser())
-    return path if path == ":memory:" else os.path.abspath(path)
-
-
-def build_pipeline(
-    config: dict[str, Any], pm: pluggy.PluginManager | None = None
-) -> tuple[Pipeline, Settings]:
-    """A pipeline for ``config``, sinks without an explicit name named after their destination.
-
-    Raises :class:`ConfigError` naming the key for a bad configuration.
-    """
-    pm = pm or make_plugin_manager()
-    classes = sink_classes(pm)
-    config = {"outbox": outbox_path(config), **{k: v for k, v in config.items() if v is not None}}
-    settings = parse_config(
-        config,
-        lambda name, key: lookup(classes, name, "sink", key).options,
-        default_sink=DEFAULT_SINK,
-    )
-    entries = config.get("sinks") or [config]
-    sinks: dict[str, Sink] = {}
-    named = []
-    for entry, sink_config in zip(entries, settings.sinks, strict=True):
-        sink = classes[sink_config.type](**sink_config.options)
-        name = sink_config.name if entry.get("name") else sink.describe()
-        base, number = name, 2
-        while name in sinks:
-            name, number = f"{base} #{number}", number + 1
-        sinks[name] = sink
-        named.append(dataclasses.replace(sink_config, name=name))
-    settings = dataclasses.replace(settings, sinks=tuple(named))
-    return Pipeline(settings, pm=pm, sinks=sinks), settings
+    return resolve_outbox_path(config.get("outbox"))
 
 
 class Outcomes:
@@ -145,39 +105,6 @@ class Outcomes:
     ) -> None:
         if final:
             self.dead[(sink, str(error) or type(error).__name__)] += len(batch)
-
-
-class BackgroundPipeline:
-    """A pipeline running on its own event-loop thread, driven from the main thread."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="eventsink-cli", daemon=True
-        )
-        self.thread.start()
-        try:
-            self.run(pipeline.start())
-        except BaseException:
-            self.stop()
-            raise
-
-    def run(self, coroutine: Any, timeout: float | None = None) -> Any:
-        """Run ``coroutine`` on the pipeline's loop and return its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def close(self, timeout: float | None) -> int:
-        """Deliver within ``timeout`` seconds (``None``: until done), stop; return events left."""
-        try:
-            return self.run(self.pipeline.close(timeout))
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
 
 
 def setup_logging(verbose: int, console: Any | None = None) -> None:

@@ -16,40 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
 
 import click
 
-from ..config import Option, parse_config
 from ..exceptions import ConfigError
-from ..nats.consumer import JetStreamConsumer, consume_settings
-from ..plugins import lookup, make_plugin_manager, sink_classes
-from ..sink import Sink
+from ..nats.consumer import JetStreamConsumer, build_consumer
 from .common import load_config_file
 
 logger = logging.getLogger("eventsink")
-
-
-def build_consumer(config: dict[str, Any]) -> JetStreamConsumer:
-    """Validate a whole consume config and build the consumer and its sink."""
-    pm = make_plugin_manager()
-    classes = sink_classes(pm)
-
-    def sink_options(name: str, key: str) -> Any:
-        return lookup(classes, name, "sink", key).options
-
-    settings = parse_config(
-        config,
-        sink_options,
-        default_sink="sqlite",
-        extra_options=(Option("consume", dict, {}, "The JetStream side of eventsink consume."),),
-    )
-    if len(settings.sinks) != 1:
-        raise ConfigError("eventsink consume delivers to one sink; give 'sink', not 'sinks'")
-    sink_config = settings.sinks[0]
-    sink: Sink = lookup(classes, sink_config.type, "sink")(**sink_config.options)
-    source = consume_settings(settings.extra["consume"] or {})
-    return JetStreamConsumer(source, sink_config, sink, hooks=pm.hook)
 
 
 async def run_consumer(consumer: JetStreamConsumer) -> None:

@@ -11,21 +11,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..config import parse_config
+from ..builder import build
 from ..exceptions import ConfigError, EventsinkError
-from ..pipeline.pipeline import Pipeline, default_outbox_path
-from ..plugins import lookup, make_plugin_manager, sink_classes, source_classes
+from ..pipeline.pipeline import Pipeline
+from ..plugins import lookup, make_plugin_manager, source_classes
 from ..pull.checkpoints import CheckpointStore
 from ..pull.puller import DEFAULT_READ_SIZE, Puller, masked
 from ..pull.source import DataSource
-from .common import load_config_file
+from .common import build_config
 
 logger = logging.getLogger("eventsink")
 
@@ -197,30 +196,21 @@ def _pull(name: str, cls: type[DataSource], params: list[dict[str, Any]], kw: di
         raise click.UsageError(
             f"source {name!r}: {error} (give it as -p {key}=VALUE or --{flag} VALUE)"
         ) from None
-    if kw["config_file"]:
-        if kw["sink"] or kw["sink_pairs"]:
-            raise click.UsageError("give either --config or --sink/-o, not both")
-        config = load_config_file(kw["config_file"])
-    else:
-        config = {"sink": kw["sink"] or "sqlite", **_pairs(kw["sink_pairs"], "-o")}
-    if kw["outbox"]:
-        config["outbox"] = kw["outbox"]
-    config.setdefault("outbox", os.fspath(default_outbox_path()))
+    if kw["config_file"] and (kw["sink"] or kw["sink_pairs"]):
+        raise click.UsageError("give either --config or --sink/-o, not both")
+    config = build_config(kw["config_file"], kw["sink"], kw["sink_pairs"], kw["outbox"])
     pm = make_plugin_manager()
-    classes = sink_classes(pm)
     try:
-        settings = parse_config(
-            config, lambda t, key: lookup(classes, t, "sink", key).options, default_sink="sqlite"
-        )
+        pipeline = build(config, entry_point="pull", pm=pm)
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
-    outbox = settings.outbox
-    store = CheckpointStore(None if outbox == ":memory:" else Path(outbox).expanduser())
+    outbox = pipeline.settings.outbox
+    store = CheckpointStore(None if outbox == ":memory:" else Path(outbox))
     if not store.durable:
         logger.warning("eventsink pull: an in-memory outbox keeps no checkpoint; no resume")
     logger.info("eventsink pull %s: %s", name, masked(source.source))
     try:
-        status = asyncio.run(_run(source, settings, pm, store, kw))
+        status = asyncio.run(_run(source, pipeline, store, kw))
     except EventsinkError as error:
         raise click.ClickException(f"pull {name}: {error}") from None
     finally:
@@ -235,11 +225,10 @@ def _pull(name: str, cls: type[DataSource], params: list[dict[str, Any]], kw: di
     )
 
 
-async def _run(source: DataSource, settings: Any, pm: Any, store: CheckpointStore, kw: dict):
+async def _run(source: DataSource, pipeline: Pipeline, store: CheckpointStore, kw: dict):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    pipeline = Pipeline(settings, pm=pm)
     await pipeline.start()
     bar = Progress(
         "[progress.description]{task.description}",

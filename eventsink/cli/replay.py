@@ -9,19 +9,13 @@ from typing import Any
 
 import click
 
+from ..builder import build
 from ..exceptions import ConfigError
 from ..ids import parse_ulid_or_time
 from ..outbox.sqlite import SQLiteOutbox
+from ..pipeline.runner import PipelineRunner
 from ..plugins import make_plugin_manager
-from .common import (
-    BackgroundPipeline,
-    Outcomes,
-    build_config,
-    build_pipeline,
-    config_error,
-    outbox_path,
-    setup_logging,
-)
+from .common import Outcomes, build_config, config_error, outbox_path, setup_logging
 
 
 def _matches(name: str, wanted: str | None) -> bool:
@@ -156,8 +150,8 @@ def _deliver_now(
     outcomes = Outcomes()
     pm.register(outcomes)
     try:
-        pipeline, _ = build_pipeline(config, pm)
-        running = BackgroundPipeline(pipeline)
+        pipeline = build(config, entry_point="cli", pm=pm)
+        running = PipelineRunner(pipeline, name="eventsink-cli").start()
     except ConfigError as error:
         raise config_error(error) from None
     moved: dict[str, int] = {}

@@ -13,24 +13,17 @@ from typing import Any, BinaryIO
 import click
 from orjson import dumps
 
+from ..builder import build
 from ..exceptions import ConfigError, EventError
 from ..pipeline.pipeline import Pipeline
+from ..pipeline.runner import PipelineRunner
 from ..plugins import make_plugin_manager
-from .common import (
-    BackgroundPipeline,
-    Outcomes,
-    build_config,
-    build_pipeline,
-    config_error,
-    setup_logging,
-    sink_options,
-)
+from .common import Outcomes, build_config, config_error, setup_logging, sink_options
 from .reader import FORMATS, Malformed, Record, read_records
 
 EXIT_DEAD_LETTERS = 1
 EXIT_MALFORMED = 3
 SHOWN_MALFORMED = 20  # malformed inputs listed one by one; the rest are counted
-SEND_BATCH_LIMIT = 1000  # send reads in bulk: bigger batches, fewer outbox round trips
 
 
 class Counts:
@@ -229,22 +222,21 @@ def send(
     (see 'eventsink status'); 2 bad usage or configuration; 3 some input was malformed
     (everything else was delivered).
     """
-    config = build_config(
-        config_file, sink, options, outbox, defaults={"batch_limit": SEND_BATCH_LIMIT}
-    )
+    config = build_config(config_file, sink, options, outbox)
     tty = sys.stderr.isatty() if progress is None else progress
     pm = make_plugin_manager()
     outcomes = Outcomes()
     pm.register(outcomes)
     try:
-        pipeline, settings = build_pipeline(config, pm)
+        pipeline = build(config, entry_point="send", pm=pm)
     except ConfigError as error:
         raise config_error(error) from None
+    settings = pipeline.settings
     counts = Counts(pipeline)
     reporter = Reporter(counts, tty=tty)
     setup_logging(verbose, reporter.console)
     try:
-        running = BackgroundPipeline(pipeline)
+        running = PipelineRunner(pipeline, name="eventsink-cli").start()
     except ConfigError as error:
         raise config_error(error) from None
     restored = sum(pipeline._restored.values())

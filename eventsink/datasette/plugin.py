@@ -27,13 +27,14 @@ from datasette import hookimpl
 from datasette.permissions import Action
 from datasette.utils import StartupError
 
-from ..config import Option, Settings, parse_config
+from ..builder import build, configure
+from ..config import Option, Settings
 from ..exceptions import ConfigError, EventsinkError
 from ..outbox import MemoryOutbox, Outbox
 from ..outbox.sqlite import DatasetteRunner, SQLiteOutbox
 from ..pipeline.pacing import LogThrottle
 from ..pipeline.pipeline import Pipeline
-from ..plugins import lookup, make_plugin_manager, sink_classes
+from ..plugins import make_plugin_manager
 from ..sqlite_files import use_wal
 
 logger = logging.getLogger("eventsink")
@@ -42,19 +43,6 @@ PLUGIN_NAME = "eventsink"
 LEGACY_PLUGIN_NAME = "datasette-events-forward"
 DEFAULT_TABLE = "datasette_events"
 SHUTDOWN_TIMEOUT = 5.0
-
-#: Delivery defaults for the plugin when the configuration does not set them. The original
-#: plugin sent 10 events per request at most once every 10 s, capping delivery at 1 event/s;
-#: 100-row batches (the receiver's default max_insert_rows) at most 10 requests a second keep
-#: up with 1,000 events/s while using a few percent of the receiver's time. Two batches in
-#: flight let the next request reach the receiver while it answers the current one.
-PLUGIN_DEFAULTS: dict[str, Any] = {
-    "batch_limit": 100,
-    "flush_interval": 1.0,
-    "max_rate": 10,
-    "time_period": 1.0,
-    "concurrency": 2,
-}
 
 PLUGIN_OPTIONS = (
     Option("events", list, None, "Only forward these event names (e.g. ['login'])."),
@@ -138,16 +126,11 @@ def is_configured(config: dict[str, Any]) -> bool:
 
 
 def parse_plugin_config(config: dict[str, Any], pm: Any = None) -> Settings:
-    """Validate a plugin config block with the plugin's defaults and extra keys."""
-    pm = pm or make_plugin_manager()
-    classes = sink_classes(pm)
-    merged = {**PLUGIN_DEFAULTS, **config}
-    return parse_config(
-        merged,
-        lambda name, key: lookup(classes, name, "sink", key).options,
-        default_sink="datasette",
-        extra_options=PLUGIN_OPTIONS,
-    )
+    """Validate a plugin config block with the plugin's defaults and extra keys.
+
+    The defaults are the ``datasette`` entry point's (:data:`eventsink.config.ENTRY_POINTS`).
+    """
+    return configure(config, entry_point="datasette", pm=pm, extra_options=PLUGIN_OPTIONS)
 
 
 async def tune_internal_database(internal: Any, durability: str) -> None:
@@ -207,7 +190,8 @@ def startup(datasette: Any) -> Any:
             )
             return
         try:
-            settings = parse_plugin_config(config)
+            pm = make_plugin_manager()
+            settings = parse_plugin_config(config, pm)
             extra = settings.extra
             state.table = extra["table"]
             state.events = frozenset(extra["events"]) if extra["events"] is not None else None
@@ -215,7 +199,8 @@ def startup(datasette: Any) -> Any:
             outbox, state.outbox_note = make_plugin_outbox(datasette, settings)
             if isinstance(outbox, SQLiteOutbox) and isinstance(outbox.runner, DatasetteRunner):
                 await tune_internal_database(outbox.runner.database, settings.durability)
-            pipeline = Pipeline(settings, outbox=outbox)  # sinks check their options here
+            # sinks check their options here
+            pipeline = build(settings, entry_point="datasette", pm=pm, outbox=outbox)
             await pipeline.start()
         except ConfigError as error:
             del _states[datasette]

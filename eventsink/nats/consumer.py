@@ -21,16 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
+import pluggy
 
+from ..builder import configure, make_sinks
 from ..config import Option, SinkConfig, validate_options
 from ..event import Event
 from ..exceptions import ConfigError
 from ..outbox.base import DeadLetter, Failure, Leased, Outbox, SinkBacklog
 from ..pipeline.lane import Lane
+from ..plugins import make_plugin_manager
 from ..sink import Sink, call_maybe_sync
 from .connection import (
     CONNECTION_OPTIONS,
@@ -76,6 +79,27 @@ CONSUME_OPTIONS: tuple[Option, ...] = (
         "and termed (they stay in the stream until its retention removes them).",
     ),
 )
+
+
+#: The config key holding the JetStream side (:data:`CONSUME_OPTIONS`) beside the sink's.
+CONSUME_KEY = Option("consume", dict, {}, "The JetStream side of eventsink consume.")
+
+
+def build_consumer(
+    config: Mapping[str, Any], *, pm: pluggy.PluginManager | None = None
+) -> JetStreamConsumer:
+    """Validate a whole consume config (one sink, a ``consume`` block) and build the consumer.
+
+    Raises :class:`~eventsink.exceptions.ConfigError` naming the key.
+    """
+    pm = pm or make_plugin_manager()
+    settings = configure(config, entry_point="consume", pm=pm, extra_options=(CONSUME_KEY,))
+    if len(settings.sinks) != 1:
+        raise ConfigError("eventsink consume delivers to one sink; give 'sink', not 'sinks'")
+    settings, sinks = make_sinks(settings, pm)
+    (sink_config,) = settings.sinks
+    source = consume_settings(settings.extra["consume"] or {})
+    return JetStreamConsumer(source, sink_config, sinks[sink_config.name], hooks=pm.hook)
 
 
 def consume_settings(given: dict[str, Any]) -> dict[str, Any]:
