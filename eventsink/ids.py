@@ -25,6 +25,18 @@ CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in CROCKFORD for b in CROCKFORD]  # every 10-bit value as two characters
 _LOW_BITS = 50  # the part that is incremented: ten characters
 _LOW_SEED_MASK = (1 << (_LOW_BITS - 1)) - 1  # seed with the top bit clear: 2**49 increments fit
+_SEED_BYTES = 10  # 80 random bits per millisecond
+_POOL_SEEDS = 512  # seeds drawn from the OS at once
+_forks = 0  # a forked child must not reuse the random bytes its parent drew
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def _encode(value: int, length: int) -> str:
@@ -53,9 +65,23 @@ class IdGenerator:
         self._prefix = ""  # 10 timestamp characters + 6 characters of high random bits
         self._low = 0
         self._created = ""
+        self._pool = b""
+        self._pool_at = 0
+        self._pool_forks = _forks
+
+    def _random_bits(self) -> int:
+        # os.urandom is a system call that releases the GIL; on a busy writer thread each
+        # call can wait out another thread's switch interval. One call serves 512 reseeds.
+        if self._pool_at >= len(self._pool) or self._pool_forks != _forks:
+            self._pool = os.urandom(_SEED_BYTES * _POOL_SEEDS)
+            self._pool_at = 0
+            self._pool_forks = _forks
+        start = self._pool_at
+        self._pool_at = start + _SEED_BYTES
+        return int.from_bytes(self._pool[start : start + _SEED_BYTES], "big")
 
     def _reseed(self, ms: int) -> None:
-        random_bits = int.from_bytes(os.urandom(10), "big")
+        random_bits = self._random_bits()
         self._ms = ms
         self._prefix = _encode(ms, 10) + _encode(random_bits >> _LOW_BITS, 6)
         self._low = random_bits & _LOW_SEED_MASK

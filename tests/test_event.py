@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import os
 import threading
 import uuid
 from decimal import Decimal
@@ -132,6 +133,24 @@ class TestIds:
         assert len(set(every)) == 20_000
         for ids in results.values():
             assert ids == sorted(ids)
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_a_forked_child_draws_random_bits_of_its_own(self):
+        # The generator draws random bytes from the OS in advance; a child forked from the
+        # parent must not reuse them, or parent and child make the same id in the same ms.
+        generator = IdGenerator()
+        generator.new()  # the pool is drawn
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its next seeds must not be the parent's
+            os.close(read)
+            os.write(write, str(generator._random_bits()).encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        child = int(os.read(read, 100))
+        os.close(read)
+        assert child != generator._random_bits()
 
     def test_parse_ulid_or_time(self):
         moment = dt.datetime(2026, 1, 31, 12, tzinfo=dt.timezone.utc)
