@@ -390,6 +390,13 @@ PIPELINE_OPTIONS: tuple[Option, ...] = (
         choices=("block", "drop_newest", "drop_oldest"),
         nullable=False,
     ),
+    Option(
+        "metrics_addr",
+        str,
+        None,
+        "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. '127.0.0.1:9464'); "
+        "default: off.",
+    ),
 )
 
 SINK_ENTRY_KEYS = ("type", "name")
@@ -595,6 +602,10 @@ def parse_config(
             _parse_sink_entry(prefix, entry, sink_options, delivery_defaults, names)
         )
     instance = pipeline.pop("instance") or socket.gethostname()
+    if pipeline.get("metrics_addr"):
+        from .metrics import parse_addr
+
+        parse_addr(pipeline["metrics_addr"])  # a ConfigError naming the key
     extra = {option.name: pipeline.pop(option.name) for option in extra_options}
     return Settings(instance=instance, sinks=tuple(sink_configs), extra=extra, **pipeline)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,7 @@ from ..exceptions import (
     RejectedError,
     SinkPausedError,
 )
+from ..metrics import Histogram, error_kind, record_send_duration
 from ..outbox.base import Failure, Leased, Outbox
 from ..plugins import await_me_maybe
 from ..sink import Sink, call_maybe_sync
@@ -56,7 +57,21 @@ class LaneStats:
     last_success: float | None = None
     last_error: dict[str, Any] | None = None
     paused: str | None = None
+    sink: str = ""  # the lane's name, for the metrics recorded as sends happen
+    failed_events: int = 0  # events in failed attempts (a retried batch counts each time)
+    send_errors: Counter[str] = field(default_factory=Counter)  # by metrics.error_kind
+    send_seconds: Histogram = field(default_factory=Histogram, repr=False)
+    last_error_kind: str | None = None  # of the latest failed send
     _recent: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
+
+    def record_send(self, seconds: float, count: int, error: BaseException | None = None) -> None:
+        """One call of the sink's ``send`` with ``count`` events took ``seconds``."""
+        self.send_seconds.observe(seconds)
+        record_send_duration(self.sink, seconds)
+        if error is not None:
+            self.last_error_kind = error_kind(error)
+            self.send_errors[self.last_error_kind] += 1
+            self.failed_events += count
 
     def record_delivery(self, count: int) -> None:
         now = time.time()
@@ -96,7 +111,7 @@ class Lane:
         self._settle = settle
         self.poll_interval = poll_interval
         self.limiter = TokenBucket(settings.max_rate, settings.time_period)
-        self.stats = LaneStats()
+        self.stats = LaneStats(sink=name)
         self.pending = 0  # events in the outbox for this sink that nobody has leased
         # Events leased at append, oldest first: the first few batches in memory ("hot"), the
         # rest ("spilled") only in the outbox, known by the range of their handles and read
@@ -369,9 +384,7 @@ class Lane:
             for result in self.hooks.eventsink_before_send(sink=self.name, batch=batch):
                 await await_me_maybe(result)
             try:
-                if not self.opened:
-                    await self.open_sink()
-                await call_maybe_sync(self.sink.send, batch)
+                await self._timed_send(batch)
             except asyncio.CancelledError:
                 raise
             except RejectedError as error:
@@ -396,6 +409,18 @@ class Lane:
             for result in self.hooks.eventsink_batch_sent(sink=self.name, batch=batch):
                 await await_me_maybe(result)
             return
+
+    async def _timed_send(self, batch: list[Event]) -> None:
+        """Open the sink if needed and send ``batch``, recording how long it took."""
+        started = time.perf_counter()
+        try:
+            if not self.opened:
+                await self.open_sink()
+            await call_maybe_sync(self.sink.send, batch)
+        except Exception as error:
+            self.stats.record_send(time.perf_counter() - started, len(batch), error)
+            raise
+        self.stats.record_send(time.perf_counter() - started, len(batch))
 
     def _finish(self, count: int, events: Sequence[Event] = ()) -> None:
         self.settled += count

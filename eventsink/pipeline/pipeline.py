@@ -28,16 +28,41 @@ from platformdirs import user_data_dir
 
 from ..config import Settings
 from ..event import Event
+from ..metrics import MetricsServer, age_seconds, prometheus_text, register_otel, samples
 from ..outbox import MemoryOutbox, Outbox
+from ..outbox.base import SinkBacklog
 from ..outbox.sqlite import SQLiteOutbox
 from ..plugins import hook_chain, lookup, make_plugin_manager, sink_classes
 from ..sink import Sink, call_maybe_sync
+from .history import STEP, SinkHistory
 from .intake import EventFactory, Intake
 from .lane import Lane
 
 logger = logging.getLogger("eventsink")
 
 POLL_INTERVAL = 2.0  # seconds between looks at a shared outbox for work from elsewhere
+RECENT = 60.0  # seconds: a sink that delivered this recently is "ok", not "idle"
+
+
+def sink_state(stats: Any, undelivered: int, now: float) -> str:
+    """A sink at a glance: ``paused``, ``retrying``, ``ok`` (working) or ``idle``.
+
+    Paused means a person must act (a refused token); retrying that the latest send failed
+    with a retryable error after the latest success and events are still owed.
+    """
+    if stats.paused:
+        return "paused"
+    error = stats.last_error
+    if (
+        error
+        and undelivered
+        and stats.last_error_kind in ("retryable", "paused")
+        and (stats.last_success is None or error.get("time", 0) > stats.last_success)
+    ):
+        return "retrying"
+    if undelivered or (stats.last_success and now - stats.last_success < RECENT):
+        return "ok"
+    return "idle"
 
 
 def default_outbox_path() -> Path:
@@ -109,6 +134,11 @@ class Pipeline:
             for config in settings.sinks
         }
         self._names = list(self.lanes)
+        self.history = {name: SinkHistory() for name in self._names}
+        self._backlog: dict[str, SinkBacklog] = {}  # the latest read, for sync snapshots
+        self.metrics_server = (
+            MetricsServer(settings.metrics_addr, self.prometheus) if settings.metrics_addr else None
+        )
         self._restored: dict[str, int] = dict.fromkeys(self._names, 0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -156,10 +186,18 @@ class Pipeline:
                     lane.name,
                     error,
                 )
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except ValueError:
+                await self.outbox.close()
+                raise
         self._writer_task = self._spawn(self._writer())
         for lane in self.lanes.values():
             self._lane_tasks.append(self._spawn(lane.run()))
+        self._spawn(self._sample_history_forever())
         self.started_at = time.time()
+        register_otel(self)
 
     @staticmethod
     def _started_event(event: asyncio.Event | None) -> asyncio.Event:
@@ -354,6 +392,8 @@ class Pipeline:
             except Exception:
                 logger.exception("eventsink sink %r failed to close", lane.name)
         left = 0 if delivered_all else self.intake.rows
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         await self.outbox.close()
         if left:
             where = "kept in the outbox" if self.outbox.durable else "lost (in-memory outbox)"
@@ -376,9 +416,17 @@ class Pipeline:
 
     # -- inspection and repair -------------------------------------------------------------
 
-    async def replay(self, sink: str | None = None, since: str | None = None) -> dict[str, int]:
-        """Move dead letters back to be delivered; return how many, by sink."""
-        moved = await self.outbox.replay(sink=sink, since=since)
+    async def replay(
+        self,
+        sink: str | None = None,
+        since: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> dict[str, int]:
+        """Move dead letters back to be delivered; return how many, by sink.
+
+        ``ids`` replays exactly those events (one group of the status page).
+        """
+        moved = await self.outbox.replay(sink=sink, since=since, ids=ids)
         for name, count in moved.items():
             if name in self.lanes:
                 self._restored[name] += count
@@ -390,29 +438,45 @@ class Pipeline:
         """A JSON-safe snapshot for status pages: per sink counts, errors and pauses.
 
         ``in_flight`` counts the events in batches this process is sending (or retrying) now,
-        ``pending`` every other undelivered event of the sink in the outbox.
+        ``pending`` every other undelivered event of the sink in the outbox. ``state`` is the
+        sink at a glance (see :func:`sink_state`), ``series`` its last hour (see
+        :mod:`eventsink.pipeline.history`).
         """
-        backlog = await self.outbox.backlog()
+        self._backlog = await self.outbox.backlog()
+        return self.status_snapshot()
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """:meth:`status` from the outbox backlog last read (no I/O; any thread may call it)."""
+        backlog = self._backlog
+        now = time.time()
         sinks = {}
         for name, lane in self.lanes.items():
             held = backlog.get(name)
             stats = lane.stats
             stored = (held.pending + held.in_flight) if held else 0
+            pending = max(0, stored - stats.in_flight)
+            oldest = held.oldest_created if held else None
             sinks[name] = {
                 "type": lane.sink.name,
                 "target": lane.sink.describe(),
-                "pending": max(0, stored - stats.in_flight),
+                "state": sink_state(stats, pending + stats.in_flight, now),
+                "pending": pending,
                 "in_flight": stats.in_flight,
-                "oldest_pending": held.oldest_created if held else None,
+                "oldest_pending": oldest,
+                "oldest_pending_age": age_seconds(oldest, now),
                 "dead_letters": held.dead_letters if held else 0,
                 "delivered": stats.delivered,
                 "batches": stats.batches,
                 "failed_attempts": stats.failed_attempts,
+                "failed_events": stats.failed_events,
                 "dead_lettered": stats.dead_lettered,
+                "send_errors": dict(stats.send_errors),
+                "send_seconds": stats.send_seconds.snapshot(),
                 "rate": round(stats.rate(), 2),
                 "last_success": stats.last_success,
                 "last_error": stats.last_error,
                 "paused": stats.paused,
+                "series": self.history[name].series(now),
             }
         return {
             "instance": self.settings.instance,
@@ -422,3 +486,26 @@ class Pipeline:
             "dropped": dict(self.intake.dropped),
             "sinks": sinks,
         }
+
+    async def prometheus(self) -> str:
+        """The pipeline's metrics in the Prometheus text format (see :mod:`eventsink.metrics`)."""
+        return prometheus_text(samples(await self.status()))
+
+    def _sample_history(self, now: float | None = None) -> None:
+        for name, lane in self.lanes.items():
+            held = self._backlog.get(name)
+            undelivered = (held.pending + held.in_flight) if held else lane.available
+            stats = lane.stats
+            self.history[name].sample(
+                stats.delivered, stats.failed_events, max(undelivered, stats.in_flight), now
+            )
+
+    async def _sample_history_forever(self) -> None:
+        """Sample each sink's counters for the chart a few times per history bucket."""
+        while True:
+            try:
+                self._backlog = await self.outbox.backlog()
+            except Exception:  # a busy outbox: the chart keeps the last numbers
+                logger.debug("eventsink could not read the backlog for the chart", exc_info=True)
+            self._sample_history()
+            await asyncio.sleep(STEP / 3)
