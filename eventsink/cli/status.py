@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from ..metrics import prometheus_text, samples
 from ..outbox.sqlite import SQLiteOutbox
 from ..pipeline.pipeline import default_outbox_path
 from .common import dumps
@@ -173,6 +174,7 @@ Examples:
   eventsink status
   eventsink status --json | jq .totals
   eventsink status --outbox /var/lib/app/outbox.db
+  eventsink status --prometheus > /var/lib/node_exporter/eventsink.prom
 """
 )
 @click.option(
@@ -181,7 +183,13 @@ Examples:
     help="Outbox file to inspect; default: the shared outbox in the user data directory.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def status(outbox: str | None, as_json: bool) -> None:
+@click.option(
+    "--prometheus",
+    is_flag=True,
+    help="Print the outbox's gauges in the Prometheus text format (for node_exporter's "
+    "textfile collector).",
+)
+def status(outbox: str | None, as_json: bool, prometheus: bool) -> None:
     """Show what the outbox holds: pending events, dead letters, failing sinks.
 
     Per sink: events pending, in flight (leased by a running process), the age of the oldest
@@ -191,4 +199,27 @@ def status(outbox: str | None, as_json: bool) -> None:
     """
     path = os.path.abspath(Path(outbox or default_outbox_path()).expanduser())
     report = asyncio.run(read_status(path))
+    if prometheus:
+        click.echo(prometheus_report(report), nl=False)
+        return
     click.echo(dumps(report) if as_json else render(report))
+
+
+def prometheus_report(report: dict[str, Any]) -> str:
+    """The gauges an outbox file holds (pending, oldest age, paused, dead letters).
+
+    Counters such as delivered events live in the delivering process: scrape its
+    ``metrics_addr`` or Datasette's ``/-/eventsink/metrics`` for those.
+    """
+    sinks = {
+        name: {
+            "pending": sink["pending"],
+            "in_flight": sink["in_flight"],
+            "oldest_pending_age": sink["oldest_pending_age"],
+            "dead_letters": sink["dead_letters"],
+            "paused": bool(sink["failing"] and sink["failing"]["paused"]),
+        }
+        for name, sink in report["sinks"].items()
+    }
+    families = [family for family in samples({"sinks": sinks}) if family.samples]
+    return prometheus_text(families)

@@ -280,3 +280,13 @@ def register_routes(datasette: Any) -> list[tuple[str, Any]]:
     from .status import ROUTES
 
     return ROUTES
+
+
+@hookimpl
+def menu_links(datasette: Any, actor: Any) -> Any:
+    from .status import menu_links
+
+    async def links() -> list[dict[str, str]]:
+        return await menu_links(datasette, actor)
+
+    return links

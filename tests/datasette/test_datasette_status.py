@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+
+import httpx
 import pytest
 
 from eventsink.datasette.plugin import get_pipeline
+from eventsink.testing import async_wait_until, wait_until
+from eventsink.testing.receiver import DatasetteReceiver
 
 from .test_datasette_plugin import _db, sender, write
 
@@ -112,3 +118,167 @@ class TestReplay:
             assert await pipeline.flush(timeout=10)
             # the database is still missing, so both come back as dead letters again
             assert pipeline.lanes["datasette"].stats.dead_lettered == 4
+
+
+class TestOverview:
+    """Each sink has a state, its last hour and dead letters grouped by error."""
+
+    async def test_state_and_series_in_json(self, tmp_path, receiver):
+        config = {"api_url": f"{receiver.db_url}/-/create", "api_token": receiver.token}
+        async with sender(tmp_path, {"eventsink": config}) as datasette:
+            await write(datasette, f"/{_db(datasette)}/-/create", {"table": "x", "row": {"a": 1}})
+            pipeline = get_pipeline(datasette)
+            assert await pipeline.flush(timeout=10)
+            pipeline._sample_history()
+            response = await datasette.client.get("/-/eventsink.json", cookies=cookies(datasette))
+            html = await datasette.client.get("/-/eventsink", cookies=cookies(datasette))
+        sink = response.json()["sinks"]["datasette"]
+        assert sink["state"] == "ok"
+        series = sink["series"]
+        assert series["step"] == 30 and len(series["delivered"]) == 120
+        assert sum(series["delivered"]) == 2 and sum(series["failed"]) == 0
+        assert len(response.content) < 20_000  # the series is a few KB
+        assert 'class="es-badge es-ok"' in html.text
+        assert '<svg class="eventsink-chart"' in html.text and "bar-delivered" in html.text
+        assert "eventsink-overview" in html.text
+
+    async def test_paused_sink_events_are_waiting_not_in_flight(self, tmp_path, receiver):
+        token = receiver.create_token("root", "--all", "view-instance")
+        config = {
+            "api_url": f"{receiver.db_url}/-/create",
+            "api_token": token,
+            "pause_interval": 30,
+        }
+        async with sender(tmp_path, {"eventsink": config}) as datasette:
+            await write(datasette, f"/{_db(datasette)}/-/create", {"table": "x", "row": {"a": 1}})
+            pipeline = get_pipeline(datasette)
+            await async_wait_until(lambda: pipeline.lanes["datasette"].paused)
+            response = await datasette.client.get("/-/eventsink.json", cookies=cookies(datasette))
+            html = await datasette.client.get("/-/eventsink", cookies=cookies(datasette))
+            await pipeline.close(timeout=0)
+        sink = response.json()["sinks"]["datasette"]
+        assert sink["state"] == "paused" and sink["pending"] + sink["in_flight"] == 2
+        assert 'class="es-badge es-paused"' in html.text
+        assert "waiting for the sink to be unpaused" in html.text
+        assert "In flight" not in html.text and "being sent now" not in html.text
+
+    async def test_dead_letters_grouped_and_replayed_by_group(self, tmp_path, receiver):
+        config = {"api_url": f"{receiver.url}/missing/-/create", "api_token": receiver.token}
+        async with sender(tmp_path, {"eventsink": config}) as datasette:
+            await write(datasette, f"/{_db(datasette)}/-/create", {"table": "x", "row": {"a": 1}})
+            await write(datasette, f"/{_db(datasette)}/x/-/insert", {"rows": [{"a": 2}]})
+            pipeline = get_pipeline(datasette)
+            assert await pipeline.flush(timeout=10)
+            status = await datasette.client.get("/-/eventsink.json", cookies=cookies(datasette))
+            html = await datasette.client.get("/-/eventsink", cookies=cookies(datasette))
+            groups = status.json()["sinks"]["datasette"]["dead_letter_groups"]
+            assert [group["count"] for group in groups] == [3]
+            assert "3 of 3" in html.text and "Replay 3 dead letter(s)" in html.text
+
+            other = await datasette.client.post(
+                "/-/eventsink/replay",
+                data={"sink": "datasette", "status": "", "error": "not this error"},
+                cookies=cookies(datasette),
+            )
+            assert other.status_code == 302
+            assert (await pipeline.outbox.backlog())["datasette"].dead_letters == 3
+            group = groups[0]
+            replayed = await datasette.client.post(
+                "/-/eventsink/replay",
+                data={
+                    "sink": "datasette",
+                    "status": str(group["status"] or ""),
+                    "error": group["error"],
+                },
+                cookies=cookies(datasette),
+            )
+            assert replayed.status_code == 302
+            assert await pipeline.flush(timeout=10)
+            assert pipeline.lanes["datasette"].stats.dead_lettered == 6
+
+
+class TestMenuAndMetrics:
+    """A menu link for those who may view; Prometheus metrics behind eventsink-view."""
+
+    async def test_menu_link_only_for_viewers(self, tmp_path, receiver):
+        config = {"api_url": f"{receiver.db_url}/-/create", "api_token": receiver.token}
+        async with sender(tmp_path, {"eventsink": config}) as datasette:
+            root = await datasette.client.get("/", cookies=cookies(datasette))
+            bob = await datasette.client.get("/", cookies=cookies(datasette, "bob"))
+        assert "eventsink delivery status" in root.text
+        assert "eventsink delivery status" not in bob.text
+
+    async def test_metrics_in_process(self, tmp_path, receiver):
+        config = {"api_url": f"{receiver.db_url}/-/create", "api_token": receiver.token}
+        async with sender(tmp_path, {"eventsink": config}) as datasette:
+            await write(datasette, f"/{_db(datasette)}/-/create", {"table": "x", "row": {"a": 1}})
+            assert await get_pipeline(datasette).flush(timeout=10)
+            anonymous = await datasette.client.get("/-/eventsink/metrics")
+            response = await datasette.client.get(
+                "/-/eventsink/metrics", cookies=cookies(datasette)
+            )
+        assert anonymous.status_code == 403
+        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert 'eventsink_events_delivered_total{sink="datasette"} 2' in response.text
+        assert "eventsink_events_accepted_total 2" in response.text
+        assert receiver.token not in response.text
+
+
+@pytest.mark.slow
+class TestMetricsOnAServedSender:
+    """A real ``datasette serve`` sender: a Bearer token reads the metrics, anonymous gets 403."""
+
+    def test_curl_with_bearer_token(self, tmp_path, receiver):
+        config = tmp_path / "sender.json"
+        table = f"metrics_{uuid.uuid4().hex[:6]}"
+        config.write_text(
+            json.dumps(
+                {
+                    "plugins": {
+                        "eventsink": {
+                            "api_url": f"{receiver.db_url}/-/create",
+                            "api_token": receiver.token,
+                            "table": table,
+                        }
+                    }
+                }
+            )
+        )
+        extra = ["-c", str(config), "--internal", str(tmp_path / "internal.db")]
+        with DatasetteReceiver(database="s", extra_args=extra) as served:
+            token = served.token
+            headers = {"Authorization": f"Bearer {token}"}
+            created = httpx.post(
+                f"{served.db_url}/-/create",
+                json={"table": "t", "rows": [{"n": n} for n in range(5)]},
+                headers=headers,
+            )
+            assert created.status_code == 201, created.text
+            for n in range(3):
+                inserted = httpx.post(
+                    f"{served.db_url}/t/-/insert", json={"row": {"n": 10 + n}}, headers=headers
+                )
+                assert inserted.status_code == 201, inserted.text
+            # create-table, insert-rows for its rows, and one insert-rows per insert
+            expected = 5
+            try:
+                wait_until(lambda: len(receiver.rows(table)) == expected, timeout=20)
+            except TimeoutError:
+                raise AssertionError(
+                    f"{[r['event'] for r in receiver.rows(table)]}\n{served.log_path.read_text()}"
+                ) from None
+
+            def metrics() -> str:
+                return httpx.get(f"{served.url}/-/eventsink/metrics", headers=headers).text
+
+            wait_until(
+                lambda: (
+                    f'eventsink_events_delivered_total{{sink="datasette"}} {expected}' in metrics()
+                ),
+                timeout=10,
+            )
+            assert httpx.get(f"{served.url}/-/eventsink/metrics").status_code == 403
+            text = metrics()
+        assert 'eventsink_pending_events{sink="datasette"} 0' in text
+        assert 'eventsink_send_duration_seconds_count{sink="datasette"}' in text
+        assert receiver.token not in text and token not in text
