@@ -15,8 +15,10 @@ from .exceptions import UnknownPluginError
 
 ENTRY_POINT_GROUP = "eventsink"
 
-# Built-in plugins, registered under their entry-point names before the entry points are
-# loaded, so they also work from a source checkout without installed metadata.
+#: The built-in plugins: plugin name -> module. :func:`make_plugin_manager` registers each
+#: exactly as ``load_setuptools_entrypoints`` registers a third-party plugin (the module, under
+#: its name), and this is their only registration: they are not also declared as entry points,
+#: so they work from a source checkout and ``entry_points=False`` still gives every built-in.
 DEFAULT_PLUGINS: dict[str, str] = {
     "stdout": "eventsink.sinks.stdout",
     "file": "eventsink.sinks.file",
@@ -30,7 +32,11 @@ DEFAULT_PLUGINS: dict[str, str] = {
 
 
 def make_plugin_manager(*, entry_points: bool = True) -> pluggy.PluginManager:
-    """A fresh plugin manager with the built-ins and (by default) every installed plugin."""
+    """A fresh plugin manager with the built-ins and (by default) every installed plugin.
+
+    Installed plugins are the modules named in the ``eventsink`` entry-point group; one whose
+    name is already registered (a built-in's) is skipped, as pluggy does.
+    """
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     for name, module in DEFAULT_PLUGINS.items():
