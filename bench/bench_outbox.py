@@ -29,13 +29,11 @@ from pathlib import Path
 
 from bench_pipeline import SAMPLE, through_client  # the same live measurement
 
-from eventsink.config import parse_config
+from eventsink import build
 from eventsink.event import Event
 from eventsink.ids import IdGenerator
 from eventsink.outbox import MemoryOutbox, Outbox
 from eventsink.outbox.sqlite import SQLiteOutbox
-from eventsink.pipeline.pipeline import Pipeline
-from eventsink.plugins import lookup, make_plugin_manager, sink_classes
 
 SINK = "null"
 
@@ -66,13 +64,7 @@ async def backlog(outbox: Outbox, events: list[Event]) -> float:
     if isinstance(outbox, SQLiteOutbox):
         await outbox.close()  # a new process would open the file afresh
         outbox = SQLiteOutbox(outbox.path)
-    pm = make_plugin_manager()
-    classes = sink_classes(pm)
-    settings = parse_config(
-        {"sink": SINK, "batch_limit": 100, "instance": "bench"},
-        lambda name, key: lookup(classes, name, "sink", key).options,
-    )
-    pipeline = Pipeline(settings, pm=pm, outbox=outbox)
+    pipeline = build({"sink": SINK, "batch_limit": 100, "instance": "bench"}, outbox=outbox)
     start = time.perf_counter()
     await pipeline.start()
     if not await pipeline.flush(timeout=600):

@@ -333,6 +333,7 @@ class TestErrorsThenHealthy:
 class TestWrongToken:
     """A refused token pauses the sink; events wait in the outbox until a restart fixes it."""
 
+    @pytest.mark.slow  # two Datasette starts and a 5 s shutdown flush
     def test_events_caused_with_a_wrong_token_arrive_after_a_restart(
         self, tmp_path, receiver, token_env
     ):

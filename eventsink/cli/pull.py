@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from ..builder import build
+from ..config import ENTRY_POINTS
 from ..exceptions import ConfigError, EventsinkError
 from ..pipeline.pipeline import Pipeline
 from ..plugins import lookup, make_plugin_manager, source_classes
@@ -89,7 +90,11 @@ def _source_command(name: str, cls: type[DataSource]) -> click.Command:
             metavar="NAME=VALUE",
             help="A source parameter (repeatable); the same as --NAME VALUE.",
         ),
-        click.Option(["--sink"], default=None, help="Sink to deliver to [default: sqlite]."),
+        click.Option(
+            ["--sink"],
+            default=None,
+            help=f"Sink to deliver to [default: {ENTRY_POINTS['pull'].sink}].",
+        ),
         click.Option(
             ["-o", "--option", "sink_pairs"],
             multiple=True,

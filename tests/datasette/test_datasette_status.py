@@ -87,6 +87,7 @@ class TestStatus:
 class TestReplay:
     """Dead letters are listed and replayed by a POST that needs eventsink-replay."""
 
+    @pytest.mark.slow  # about 10 s: the missing database's batch is retried before it dead-letters
     async def test_replay_button(self, tmp_path, receiver):
         config = {"api_url": f"{receiver.url}/missing/-/create", "api_token": receiver.token}
         async with sender(tmp_path, {"eventsink": config}) as datasette:
