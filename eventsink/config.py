@@ -404,6 +404,13 @@ SINK_ENTRY_KEYS = ("type", "name")
 
 # -- what differs between the ways in -------------------------------------------------------
 
+#: Where an entry point keeps events when no ``outbox`` is configured, as the docs say it.
+OUTBOX_PLACES = {
+    "user": "user data file",
+    "datasette": "internal database",
+    "none": "none: the stream",
+}
+
 
 @dataclass(frozen=True)
 class EntryPoint:
@@ -421,7 +428,9 @@ class EntryPoint:
     sink: str
     why: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    outbox: str = "user"  # "user": the shared file under the user data directory
+    #: "user": the shared file under the user data directory; "datasette": the plugin's
+    #: internal database; "none": no outbox (``consume`` leaves events in the stream).
+    outbox: str = "user"
     names_sinks_after_destination: bool = False
 
     def __post_init__(self) -> None:
@@ -429,8 +438,10 @@ class EntryPoint:
         for key in self.defaults:
             if key not in known:
                 raise ValueError(f"entry point {self.name!r} sets unknown option {key!r}")
-        if self.outbox not in ("user", "datasette"):
-            raise ValueError(f"entry point {self.name!r}: outbox must be 'user' or 'datasette'")
+        if self.outbox not in OUTBOX_PLACES:
+            raise ValueError(
+                f"entry point {self.name!r}: outbox must be one of {', '.join(OUTBOX_PLACES)}"
+            )
 
 
 #: Every way into eventsink and what it does differently. The Python client and the CLI agree
@@ -459,7 +470,12 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
             names_sinks_after_destination=True,
         ),
         EntryPoint("pull", "sqlite", "eventsink pull: as the CLI."),
-        EntryPoint("consume", "sqlite", "eventsink consume: as the CLI."),
+        EntryPoint(
+            "consume",
+            "sqlite",
+            "eventsink consume: as the CLI; messages wait in the JetStream stream, not an outbox.",
+            outbox="none",
+        ),
         EntryPoint(
             "datasette",
             "datasette",

@@ -25,7 +25,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from . import hookspecs
-from .config import DELIVERY_OPTIONS, ENTRY_POINTS, PIPELINE_OPTIONS, ByteSize, Option
+from .config import (
+    DELIVERY_OPTIONS,
+    ENTRY_POINTS,
+    OUTBOX_PLACES,
+    PIPELINE_OPTIONS,
+    ByteSize,
+    Option,
+)
 from .plugins import make_plugin_manager, sink_classes, source_classes
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -149,7 +156,7 @@ def entry_points_table() -> str:
     for entry in ENTRY_POINTS.values():
         given = entry.defaults.items()
         defaults = ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in given)
-        outbox = "user data file" if entry.outbox == "user" else "internal database"
+        outbox = OUTBOX_PLACES[entry.outbox]
         keyed = "destination" if entry.names_sinks_after_destination else "type"
         lines.append(
             f"| `{entry.name}` | `{entry.sink}` | {defaults or 'none'} | {outbox} | {keyed} "

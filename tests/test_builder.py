@@ -103,6 +103,9 @@ class TestOutbox:
     def test_the_plugin_keeps_none_for_the_internal_database(self):
         assert configure({"sink": "null"}, entry_point="datasette").outbox is None
 
+    def test_consume_has_no_outbox(self):
+        assert configure({"sink": "null"}, entry_point="consume").outbox is None
+
 
 class TestSinkNames:
     """CLI entry points key an unnamed sink by its destination; others by its name."""

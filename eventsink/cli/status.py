@@ -7,15 +7,13 @@ import datetime as dt
 import os
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 import click
 
 from ..metrics import prometheus_text, samples
 from ..outbox.sqlite import SQLiteOutbox
-from ..pipeline.pipeline import default_outbox_path
-from .common import dumps
+from .common import dumps, outbox_path
 
 
 def _age(created: str | None, now: float) -> float | None:
@@ -197,7 +195,7 @@ def status(outbox: str | None, as_json: bool, prometheus: bool) -> None:
     error, and dead letters grouped by sink and error. Reads the outbox file only; works
     whether or not a process is delivering from it.
     """
-    path = os.path.abspath(Path(outbox or default_outbox_path()).expanduser())
+    path = outbox_path({"outbox": outbox})
     report = asyncio.run(read_status(path))
     if prometheus:
         click.echo(prometheus_report(report), nl=False)
