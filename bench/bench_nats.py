@@ -32,7 +32,7 @@ from eventsink.config import DeliverySettings, SinkConfig
 from eventsink.event import Event
 from eventsink.ids import IdGenerator
 from eventsink.nats.consumer import JetStreamConsumer, consume_settings
-from eventsink.plugins import make_plugin_manager
+from eventsink.plugins import Hooks, make_plugin_manager
 
 
 def free_port() -> int:
@@ -90,7 +90,7 @@ async def bench_consume_in_process(url: str, stream: str, db: Path, count: int) 
     settings = consume_settings({"servers": [url], "stream": stream, "durable": "bench"})
     sink = SQLiteSink(path=str(db))
     sink_config = SinkConfig("sqlite", "sqlite", sink.config, DeliverySettings())
-    consumer = JetStreamConsumer(settings, sink_config, sink, hooks=make_plugin_manager().hook)
+    consumer = JetStreamConsumer(settings, sink_config, sink, hooks=Hooks(make_plugin_manager()))
     start = time.perf_counter()
     task = asyncio.ensure_future(consumer.run())
     while consumer.lane is None or consumer.lane.stats.delivered < count:

@@ -323,7 +323,8 @@ DELIVERY_OPTIONS: tuple[Option, ...] = (
         "concurrency",
         int,
         1,
-        "Batches a sink may have in flight at once (each still paced by max_rate).",
+        "Batches a sink may have in flight at once (each still paced by max_rate; never more "
+        "than the sink's max_concurrent_sends).",
         minimum=1,
     ),
     Option("retry_initial", float, 0.5, "First retry delay in seconds (then doubled).", minimum=0),

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
 from .exceptions import UnknownPluginError
+
+logger = logging.getLogger("eventsink")
 
 ENTRY_POINT_GROUP = "eventsink"
 
@@ -90,24 +92,90 @@ def lookup(classes: dict[str, type], name: str, kind: str, key: str = "sink") ->
         ) from None
 
 
-def hook_chain(hook: Any) -> list[Callable[..., Any]]:
-    """The implementations of ``hook`` as plain callables, in pluggy's call order.
+class HookStep:
+    """One plugin's implementation of a hook, called through pluggy on its own.
 
-    Used for hooks whose implementations are chained (each gets the previous result), which
-    pluggy's fan-out call cannot express.
+    The call goes through a pluggy caller that holds this implementation and every wrapper
+    of the hook, so hookwrappers and ``add_hookcall_monitoring`` see it like any other call,
+    while one plugin's exception cannot keep the next plugin's implementation from running.
     """
-    chain = []
-    for impl in reversed(hook.get_hookimpls()):
-        function, argnames = impl.function, impl.argnames
-        chain.append(_bind(function, argnames))
-    return chain
+
+    def __init__(self, plugin_name: str, caller: Any) -> None:
+        self.plugin_name = plugin_name
+        self._caller = caller
+
+    def __call__(self, **kwargs: Any) -> Any:
+        """The implementation's result (pluggy's list of one result, unwrapped)."""
+        results = self._caller(**kwargs)
+        return results[0] if results else None
+
+    def __repr__(self) -> str:
+        return f"<HookStep {self._caller.name} of {self.plugin_name!r}>"
 
 
-def _bind(function: Callable[..., Any], argnames: tuple[str, ...]) -> Callable[..., Any]:
-    def call(**kwargs: Any) -> Any:
-        return function(*[kwargs[name] for name in argnames])
+def _is_wrapper(impl: Any) -> bool:
+    return bool(impl.hookwrapper or getattr(impl, "wrapper", False))
 
-    return call
+
+def hook_steps(pm: pluggy.PluginManager, name: str) -> list[HookStep]:
+    """The implementations of hook ``name``, in pluggy's call order, each its own step.
+
+    Used where each implementation must be called on its own: chained hooks (each gets the
+    previous result, which pluggy's fan-out call cannot express) and hooks whose failures are
+    contained per plugin. A plugin that has both a wrapper and a plain implementation of the
+    same hook keeps its wrapper only around its own implementation.
+    """
+    plain = [impl for impl in getattr(pm.hook, name).get_hookimpls() if not _is_wrapper(impl)]
+    steps = []
+    for impl in reversed(plain):  # pluggy calls the last registered (and tryfirst) first
+        others = [other.plugin for other in plain if other.plugin is not impl.plugin]
+        steps.append(HookStep(impl.plugin_name, pm.subset_hook_caller(name, others)))
+    return steps
+
+
+def hook_chain(pm: pluggy.PluginManager, name: str) -> list[HookStep]:
+    """The implementations of a chained hook (``eventsink_enrich``, ``eventsink_filter``)."""
+    return hook_steps(pm, name)
+
+
+class Hooks:
+    """Calls eventsink's delivery hooks for the core, so that no plugin can upset delivery.
+
+    Each implementation is called through pluggy on its own (see :class:`HookStep`); an
+    exception from one is logged with the plugin's name (at most once a minute per plugin and
+    hook) and changes nothing about the batch: it is neither lost, repeated nor held up.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        from .pipeline.pacing import LogThrottle  # the pipeline package imports this module
+
+        self.pm = pm
+        self._log = LogThrottle(60.0)
+
+    async def notify(self, name: str, **kwargs: Any) -> None:
+        """Call every implementation of hook ``name``, awaiting coroutine results."""
+        for step in hook_steps(self.pm, name):
+            try:
+                await await_me_maybe(step(**kwargs))
+            except Exception as error:
+                self.report(step.plugin_name, name, error, "delivery goes on as if it had not")
+
+    def report(self, plugin: str, hook: str, error: Exception, consequence: str) -> None:
+        """Log that ``plugin``'s ``hook`` raised ``error`` (throttled per plugin and hook)."""
+        suppressed = self._log.allow(f"{plugin}:{hook}")
+        if suppressed is None:
+            return
+        more = f" ({suppressed} more times since the last message)" if suppressed else ""
+        logger.error(
+            "eventsink plugin %r raised in %s: %s: %s; %s%s",
+            plugin,
+            hook,
+            type(error).__name__,
+            error,
+            consequence,
+            more,
+            exc_info=error,
+        )
 
 
 async def await_me_maybe(value: Any) -> Any:

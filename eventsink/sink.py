@@ -15,6 +15,11 @@ blocking I/O is fine). It returns when the receiver has *confirmed* the batch: o
 the events removed from the outbox. To fail, it raises one of the
 :mod:`~eventsink.exceptions` delivery errors; a batch may be sent again after a failure or a
 crash, so a sink must write idempotently, keyed by ``event.id``.
+
+``send`` is never called more than :attr:`Sink.max_concurrent_sends` times at once (default:
+one at a time); raise the limit (or set it to ``None``) for a sink whose ``send`` may overlap.
+A ``ConfigError`` raised by ``send`` pauses the sink (its events are kept) instead of
+dead-lettering the batch.
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ class Sink:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     options: ClassVar[Sequence[Option]] = ()
+    #: How many ``send`` calls this sink accepts at once. The lane never exceeds it, whatever
+    #: the ``concurrency`` option says. The default, 1, suits a sink that keeps one
+    #: connection, file or cursor; ``None`` means any number (a sink whose ``send`` is safe
+    #: to overlap, such as one request per call through a pooled HTTP client).
+    max_concurrent_sends: ClassVar[int | None] = 1
 
     def __init__(self, **config: Any) -> None:
         self.config = validate_options(self.options, config)

@@ -119,6 +119,7 @@ class DatasetteSink(Sink):
     """
 
     name = "datasette"
+    max_concurrent_sends = None  # one request per call through a pooled client
     description = "Inserts events as rows through a remote Datasette's JSON write API."
     options = (
         Option(

@@ -24,6 +24,7 @@ class FileSink(Sink):
     """
 
     name = "file"
+    max_concurrent_sends = 1  # appends to one file object
     description = "Appends events as JSON lines to a file."
     options = (
         Option("path", str, "events.jsonl", "File to append to; parent directories are made."),

@@ -54,6 +54,7 @@ class NatsSink(Sink):
     """Publish events to a JetStream stream and wait for every ack."""
 
     name = "nats"
+    max_concurrent_sends = None  # publishes overlap safely on one connection
     description = "Publishes events to a NATS JetStream stream (deduplicated by event id)."
     options = (
         *CONNECTION_OPTIONS,

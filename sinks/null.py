@@ -13,6 +13,7 @@ class NullSink(Sink):
     """Accept and discard every event; counts what it was given."""
 
     name = "null"
+    max_concurrent_sends = None  # stores nothing
     description = "Discards every event (benchmarks, dry runs)."
 
     def __init__(self, **config: object) -> None:

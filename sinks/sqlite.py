@@ -44,6 +44,7 @@ class SQLiteSink(Sink):
     """
 
     name = "sqlite"
+    max_concurrent_sends = 1  # one connection: one transaction at a time
     description = "Writes events as rows of a local SQLite database (open it with datasette)."
     options = (
         Option("path", str, "events.db", "SQLite file to write; created if missing."),
@@ -81,8 +82,8 @@ class SQLiteSink(Sink):
 
     def _connect(self) -> sqlite_utils.Database:
         try:
-            # send() runs in whichever eventsink worker thread is free; the lane calls
-            # it one batch at a time, so sharing the connection across threads is safe.
+            # send() runs in whichever eventsink worker thread is free; the lane calls it
+            # one batch at a time (max_concurrent_sends), so sharing the connection is safe.
             connection = connect(
                 self.path, durability=self.config["durability"], check_same_thread=False
             )

@@ -17,6 +17,7 @@ class StdoutSink(Sink):
     """Print each event: readable by default, or as JSON lines with ``format: json``."""
 
     name = "stdout"
+    max_concurrent_sends = 1  # lines of two batches must not interleave
     description = "Prints each event on standard output (debugging)."
     options = (
         Option(

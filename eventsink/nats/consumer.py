@@ -33,7 +33,7 @@ from ..event import Event
 from ..exceptions import ConfigError
 from ..outbox.base import DeadLetter, Failure, Leased, Outbox, SinkBacklog
 from ..pipeline.lane import Lane
-from ..plugins import make_plugin_manager
+from ..plugins import Hooks, make_plugin_manager
 from ..sink import Sink, call_maybe_sync
 from .connection import (
     CONNECTION_OPTIONS,
@@ -99,7 +99,7 @@ def build_consumer(
     settings, sinks = make_sinks(settings, pm)
     (sink_config,) = settings.sinks
     source = consume_settings(settings.extra["consume"] or {})
-    return JetStreamConsumer(source, sink_config, sinks[sink_config.name], hooks=pm.hook)
+    return JetStreamConsumer(source, sink_config, sinks[sink_config.name], hooks=Hooks(pm))
 
 
 def consume_settings(given: dict[str, Any]) -> dict[str, Any]:

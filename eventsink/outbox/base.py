@@ -44,6 +44,15 @@ class Leased:
             Leased(self.events[middle:], self.handles[middle:], self.attempts, self.first_failure),
         )
 
+    def subset(self, indexes: Sequence[int]) -> Leased:
+        """The events at ``indexes``, keeping the failure history."""
+        return Leased(
+            [self.events[index] for index in indexes],
+            [self.handles[index] for index in indexes],
+            self.attempts,
+            self.first_failure,
+        )
+
 
 @dataclass(frozen=True)
 class Failure:

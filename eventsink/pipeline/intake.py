@@ -20,16 +20,26 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
+import pluggy
+
 from ..event import Event, normalise
 from ..exceptions import ClosedError, EventError, OverflowDropped
 from ..ids import IdGenerator
+from ..plugins import Hooks
 from .pacing import LogThrottle
 
 logger = logging.getLogger("eventsink")
 
 
 class EventFactory:
-    """Build events for one instance, running the enrich and filter hook chains."""
+    """Build events for one instance, running the enrich and filter hook chains.
+
+    A hook that raises (or an enricher that returns something other than an event) is
+    logged with its plugin's name and skipped: the event goes on as the previous step left
+    it, and is kept. A plugin's bug must never lose an event or fail the code that wrote it
+    (in the Datasette plugin, the host's request).
+    """
 
     def __init__(
         self,
@@ -37,11 +47,13 @@ class EventFactory:
         *,
         enrichers: list[Callable[..., Any]] = (),  # type: ignore[assignment]
         filters: list[Callable[..., Any]] = (),  # type: ignore[assignment]
+        hooks: Hooks | None = None,
     ) -> None:
         self.instance = instance
         self.ids = IdGenerator()
         self.enrichers = list(enrichers)
         self.filters = list(filters)
+        self.hooks = hooks or Hooks(pluggy.PluginManager("eventsink"))
 
     def make(
         self,
@@ -62,21 +74,38 @@ class EventFactory:
         data = normalise(data)
         new_id, now = self.ids.new()
         event = Event(event_id or new_id, table, self.instance, created or now, data)
-        for enrich in self.enrichers:
-            result = enrich(event=event)
-            if result is not None:
-                if not isinstance(result, Event):
-                    raise TypeError(
-                        f"an eventsink_enrich hook returned {type(result).__name__}, "
-                        "expected an Event or None"
-                    )
-                event = result
         if self.enrichers:
-            event._data = normalise(event.data)  # enrichers may add values JSON cannot hold
+            event = self._enrich(event)
         for keep in self.filters:
-            if keep(event=event) is False:
-                return None
+            try:
+                if keep(event=event) is False:
+                    return None
+            except Exception as error:
+                self.hooks.report(_plugin(keep), "eventsink_filter", error, "the event is kept")
         return event
+
+    def _enrich(self, event: Event) -> Event:
+        for enrich in self.enrichers:
+            before = orjson.dumps(event.data)  # to undo what a failing enricher changed in place
+            try:
+                result = enrich(event=event)
+                if result is not None and not isinstance(result, Event):
+                    raise TypeError(f"returned {type(result).__name__}, expected an Event or None")
+                candidate = result or event
+                candidate._data = normalise(candidate.data)  # values JSON cannot hold
+                candidate._data_json = None
+            except Exception as error:
+                event._data, event._data_json = orjson.loads(before), None
+                self.hooks.report(
+                    _plugin(enrich), "eventsink_enrich", error, "the event is kept without it"
+                )
+                continue
+            event = candidate
+        return event
+
+
+def _plugin(step: Callable[..., Any]) -> str:
+    return getattr(step, "plugin_name", None) or repr(step)
 
 
 class Intake:

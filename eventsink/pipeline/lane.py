@@ -35,7 +35,7 @@ from ..exceptions import (
 )
 from ..metrics import Histogram, error_kind, record_send_duration
 from ..outbox.base import Failure, Leased, Outbox
-from ..plugins import await_me_maybe
+from ..plugins import Hooks
 from ..sink import Sink, call_maybe_sync
 from .pacing import LogThrottle, TokenBucket, backoff_delay
 
@@ -43,6 +43,24 @@ logger = logging.getLogger("eventsink")
 
 HOT_BATCHES = 10  # batches of events leased at append that a lane keeps in memory
 OUTBOX_RETRY_DELAY = 1.0  # seconds before trying again after the outbox itself failed
+
+
+@dataclass
+class _Split:
+    """A rejected batch being split: its receiver message and what became of its parts."""
+
+    message: str
+    done: set[str] = field(default_factory=set)  # ids acked or dead-lettered meanwhile
+    # single events refused with the batch's own message, not yet judged
+    suspects: list[tuple[Leased, RejectedError]] = field(default_factory=list)
+
+
+class _RefusedWhole(Exception):
+    """Single events are refused exactly as their whole batch: the receiver refuses all."""
+
+    def __init__(self, error: RejectedError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass
@@ -99,7 +117,7 @@ class Lane:
         settings: DeliverySettings,
         outbox: Outbox,
         *,
-        hooks: Any,
+        hooks: Hooks,
         settle: Callable[[int, Sequence[Event]], None],
         poll_interval: float | None = None,
     ) -> None:
@@ -111,6 +129,7 @@ class Lane:
         self._settle = settle
         self.poll_interval = poll_interval
         self.limiter = TokenBucket(settings.max_rate, settings.time_period)
+        self.send_slots = send_slots(sink, settings.concurrency)
         self.stats = LaneStats(sink=name)
         self.pending = 0  # events in the outbox for this sink that nobody has leased
         # Events leased at append, oldest first: the first few batches in memory ("hot"), the
@@ -122,6 +141,7 @@ class Lane:
         self._spill_first = self._spill_last = 0
         self._spilled_count = 0
         self.settled = 0
+        self._refusal: str | None = None  # a receiver-wide refusal the sink is paused for
         self._first_pending_at: float | None = None
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -233,9 +253,9 @@ class Lane:
         self.opened = True
 
     async def run(self) -> None:
-        """Deliver until stopped, with up to ``concurrency`` batches in flight."""
+        """Deliver until stopped, with up to :attr:`send_slots` batches in flight."""
         limit = self.settings.batch_limit
-        slots = asyncio.Semaphore(self.settings.concurrency)
+        slots = asyncio.Semaphore(self.send_slots)
         sending: set[asyncio.Task[None]] = set()
         leased: Leased | None = None
         try:
@@ -377,38 +397,95 @@ class Lane:
         finally:
             self.stats.in_flight -= len(batch)
 
-    async def _deliver(self, leased: Leased) -> None:
+    async def _deliver(self, leased: Leased, split: _Split | None = None) -> None:
+        """Deliver ``leased``; ``split`` is set while it is a part of a rejected batch."""
         while True:
-            await self.limiter.acquire()
-            batch = leased.events
-            for result in self.hooks.eventsink_before_send(sink=self.name, batch=batch):
-                await await_me_maybe(result)
-            try:
-                await self._timed_send(batch)
-            except asyncio.CancelledError:
-                raise
-            except RejectedError as error:
-                if len(batch) > 1:
-                    first, second = leased.split()
-                    await self._deliver(first)
-                    await self._deliver(second)
-                    return
-                await self._dead_letter(leased, error)
+            error = await self._attempt(leased)
+            if error is None:
+                await self._acked(leased)
+                if split is not None:
+                    split.done.update(event.id for event in leased.events)
                 return
-            except (PermanentError, ConfigError) as error:
-                await self._dead_letter(leased, error)
-                return
-            except Exception as error:
-                if await self._retry_later(leased, error):
+            if isinstance(error, RejectedError):
+                if str(error) == self._refusal:  # refused as when the sink paused
+                    if split is not None:
+                        raise _RefusedWhole(error)
+                    error = self._receiver_wide(error)
+                elif len(leased.events) > 1:
+                    inner = split or _Split(str(error))
+                    try:
+                        await self._split(leased, inner)
+                    except _RefusedWhole as refused:
+                        if split is not None:
+                            raise
+                        left = [n for n, e in enumerate(leased.events) if e.id not in inner.done]
+                        leased = leased.subset(left)
+                        error = self._receiver_wide(refused.error)
+                    else:
+                        if split is None:  # isolated: these were rejected for their own reasons
+                            for suspect, reason in inner.suspects:
+                                await self._dead_letter(suspect, reason)
+                        return
+                elif split is not None and str(error) == split.message:
+                    split.suspects.append((leased, error))  # judged once its sibling is tried
                     return
-                continue
-            await self.outbox.ack(self.name, leased)
-            self.stats.record_delivery(len(batch))
-            self.stats.paused = None
-            self._finish(len(batch), batch)
-            for result in self.hooks.eventsink_batch_sent(sink=self.name, batch=batch):
-                await await_me_maybe(result)
-            return
+                else:
+                    await self._dead_letter(leased, error)
+                    if split is not None:
+                        split.done.update(event.id for event in leased.events)
+                    return
+            elif isinstance(error, PermanentError):
+                await self._dead_letter(leased, error)
+                if split is not None:
+                    split.done.update(event.id for event in leased.events)
+                return
+            if await self._retry_later(leased, error):
+                if split is not None:  # dead-lettered, or given back as the lane stops
+                    split.done.update(event.id for event in leased.events)
+                return
+
+    async def _split(self, leased: Leased, split: _Split) -> None:
+        """Deliver ``leased`` in halves, to isolate the events the receiver rejects.
+
+        When both single-event halves of a pair are refused exactly as the whole batch was,
+        the refusal is about the receiver or the configuration, not the rows: raises
+        :class:`_RefusedWhole` (splitting on would make every event a dead letter).
+        """
+        first, second = leased.split()
+        suspects = len(split.suspects)
+        await self._deliver(first, split)
+        await self._deliver(second, split)
+        if len(leased.events) == 2 and len(split.suspects) == suspects + 2:
+            raise _RefusedWhole(split.suspects[-1][1])
+
+    async def _attempt(self, leased: Leased) -> Exception | None:
+        """Send ``leased`` once; return the sink's exception, or ``None`` when confirmed."""
+        await self.limiter.acquire()
+        await self.hooks.notify("eventsink_before_send", sink=self.name, batch=leased.events)
+        try:
+            await self._timed_send(leased.events)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            return error
+        return None
+
+    async def _acked(self, leased: Leased) -> None:
+        await self.outbox.ack(self.name, leased)
+        batch = leased.events
+        self.stats.record_delivery(len(batch))
+        self.stats.paused = None
+        self._refusal = None
+        self._finish(len(batch), batch)
+        await self.hooks.notify("eventsink_batch_sent", sink=self.name, batch=batch)
+
+    def _receiver_wide(self, error: RejectedError) -> SinkPausedError:
+        self._refusal = str(error)
+        return SinkPausedError(
+            f"the receiver refuses single events exactly as whole batches, so the rows are "
+            f"not the problem: {error}",
+            status=error.status,
+        )
 
     async def _timed_send(self, batch: list[Event]) -> None:
         """Open the sink if needed and send ``batch``, recording how long it took."""
@@ -436,7 +513,7 @@ class Lane:
             attempts=leased.attempts,
             first_failure=leased.first_failure or now,
             last_failure=now,
-            paused=isinstance(error, SinkPausedError),
+            paused=_pauses(error),
         )
 
     async def _retry_later(self, leased: Leased, error: Exception) -> bool:
@@ -457,12 +534,14 @@ class Lane:
             "time": failure.last_failure,
         }
         age = failure.last_failure - failure.first_failure
-        if (settings.max_attempts is not None and leased.attempts >= settings.max_attempts) or (
-            settings.max_age is not None and age >= settings.max_age
+        paused = _pauses(error)
+        # A paused sink waits for a person: its events are kept however long that takes.
+        if not paused and (
+            (settings.max_attempts is not None and leased.attempts >= settings.max_attempts)
+            or (settings.max_age is not None and age >= settings.max_age)
         ):
             await self._dead_letter(leased, error, failure)
             return True
-        paused = isinstance(error, SinkPausedError)
         retry_after = getattr(error, "retry_after", None)
         if paused:
             delay = max(settings.pause_interval, retry_after or 0)
@@ -479,10 +558,9 @@ class Lane:
                 leased.attempts, settings.retry_initial, settings.retry_max, retry_after
             )
             self._log_retry(error, failure, delay)
-        for result in self.hooks.eventsink_send_error(
-            sink=self.name, batch=leased.events, error=error, final=False
-        ):
-            await await_me_maybe(result)
+        await self.hooks.notify(
+            "eventsink_send_error", sink=self.name, batch=leased.events, error=error, final=False
+        )
         await self.outbox.record_failure(self.name, leased, failure)
         if await self._sleep_unless_stopped(delay):
             await self.outbox.release(self.name, leased)
@@ -535,7 +613,38 @@ class Lane:
             failure.message,
             self.outbox.dead_letter_hint,
         )
-        for result in self.hooks.eventsink_send_error(
-            sink=self.name, batch=leased.events, error=error, final=True
-        ):
-            await await_me_maybe(result)
+        await self.hooks.notify(
+            "eventsink_send_error", sink=self.name, batch=leased.events, error=error, final=True
+        )
+
+
+def _pauses(error: BaseException) -> bool:
+    """Whether ``error`` pauses the sink: nothing will work until a person acts.
+
+    A ``ConfigError`` from ``send`` (or a lazy ``open``) is one: the configuration cannot
+    work, and dead-lettering the batch would only hide that every later batch fails too.
+    """
+    return isinstance(error, (SinkPausedError, ConfigError))
+
+
+def send_slots(sink: Sink, concurrency: int) -> int:
+    """How many batches a lane may send to ``sink`` at once: ``concurrency``, capped by what
+    the sink accepts (:attr:`eventsink.Sink.max_concurrent_sends`).
+    """
+    most = getattr(sink, "max_concurrent_sends", 1)
+    if most is None:
+        return concurrency
+    if isinstance(most, bool) or not isinstance(most, int) or most < 1:
+        raise TypeError(
+            f"sink {type(sink).__name__}.max_concurrent_sends must be a positive int or None, "
+            f"not {most!r}"
+        )
+    if concurrency > most:
+        logger.info(
+            "eventsink sink %r accepts %d send(s) at a time: concurrency %d is limited to %d",
+            getattr(sink, "name", type(sink).__name__),
+            most,
+            concurrency,
+            most,
+        )
+    return min(concurrency, most)

@@ -32,7 +32,7 @@ from ..metrics import MetricsServer, age_seconds, prometheus_text, register_otel
 from ..outbox import MemoryOutbox, Outbox
 from ..outbox.base import SinkBacklog
 from ..outbox.sqlite import SQLiteOutbox
-from ..plugins import hook_chain, lookup, make_plugin_manager, sink_classes
+from ..plugins import Hooks, hook_chain, lookup, make_plugin_manager, sink_classes
 from ..sink import Sink, call_maybe_sync
 from .history import STEP, SinkHistory
 from .intake import EventFactory, Intake
@@ -108,10 +108,12 @@ class Pipeline:
         self.pm = pm or make_plugin_manager()
         self.sinks = dict(sinks) if sinks is not None else build_sinks(settings, self.pm)
         self.outbox = outbox if outbox is not None else make_outbox(settings)
+        self.hooks = Hooks(self.pm)
         self.factory = EventFactory(
             settings.instance,
-            enrichers=hook_chain(self.pm.hook.eventsink_enrich),
-            filters=hook_chain(self.pm.hook.eventsink_filter),
+            enrichers=hook_chain(self.pm, "eventsink_enrich"),
+            filters=hook_chain(self.pm, "eventsink_filter"),
+            hooks=self.hooks,
         )
         self.intake = Intake(
             sink_count=len(self.sinks),
@@ -127,7 +129,7 @@ class Pipeline:
                 self.sinks[config.name],
                 config.delivery,
                 self.outbox,
-                hooks=self.pm.hook,
+                hooks=self.hooks,
                 settle=self._settle,
                 poll_interval=poll,
             )

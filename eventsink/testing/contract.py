@@ -21,6 +21,10 @@ The subclass provides two fixtures:
   least an ``"id"`` key, one per stored record (a duplicate appears twice). Leave it out for a
   sink that keeps nothing readable: the tests that read back are then skipped.
 
+The sink's ``max_concurrent_sends`` is part of the contract: the concurrent scenarios send
+that many batches at once through one open sink (8 for ``None``), and check that a pipeline
+configured with more ``concurrency`` never calls ``send`` more often at once than declared.
+
 Optional: the ``failure_cases`` fixture (a dict ``name -> (make_failing_sink, expected
 exception class)``) to check error mapping, and the class attribute ``idempotent = False`` for
 a sink that may store a redelivered event twice (readers then deduplicate by id).
@@ -32,7 +36,9 @@ needed; every scenario opens, uses and closes its sinks inside one loop.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -107,6 +113,8 @@ class SinkContract:
     table: ClassVar[str] = "contract_events"
     #: Events per batch in the tests.
     batch_size: ClassVar[int] = 5
+    #: Batches sent at once when the sink declares no limit (``max_concurrent_sends = None``).
+    unlimited_sends: ClassVar[int] = 8
 
     # -- what a subclass provides ------------------------------------------------------------
 
@@ -260,42 +268,139 @@ class SinkContract:
             for secret in _secrets_of(sink):
                 assert secret not in str(caught.value), f"{case}: the error shows a secret"
 
+    def sends_at_once(self, sink: Sink) -> int:
+        """How many ``send`` calls the concurrent scenarios make at once for ``sink``."""
+        declared = type(sink).max_concurrent_sends
+        return self.unlimited_sends if declared is None else declared
+
+    def test_declares_how_many_sends_it_accepts_at_once(
+        self, make_sink: Callable[[], Sink]
+    ) -> None:
+        """``max_concurrent_sends`` is a positive int or ``None`` (any number)."""
+        declared = type(make_sink()).max_concurrent_sends
+        assert declared is None or (
+            isinstance(declared, int) and not isinstance(declared, bool) and declared >= 1
+        ), f"max_concurrent_sends must be a positive int or None, not {declared!r}"
+
+    def test_concurrent_sends_store_every_event(
+        self, make_sink: Callable[[], Sink], read_stored: Any
+    ) -> None:
+        """As many batches as the sink accepts at once, sent together, are all stored."""
+        sink = make_sink()
+        at_once = self.sends_at_once(sink)
+        batches = [self.events() for _ in range(max(2, at_once) * 2)]
+
+        async def scenario() -> None:
+            slots = asyncio.Semaphore(at_once)
+
+            async def send(batch: Sequence[Event]) -> None:
+                async with slots:
+                    await _send(sink, batch)
+
+            await _open(sink)
+            try:
+                await asyncio.gather(*(send(batch) for batch in batches))
+            finally:
+                await _close(sink)
+
+        _run(scenario())
+        self.assert_stored(read_stored, [event for batch in batches for event in batch])
+
+    def test_pipeline_never_overlaps_more_sends_than_declared(
+        self, make_sink: Callable[[], Sink], read_stored: Any
+    ) -> None:
+        """With ``concurrency`` above the sink's limit, ``send`` never overlaps beyond it."""
+        sink = make_sink()
+        limit = type(sink).max_concurrent_sends
+        concurrency = (limit or self.unlimited_sends) + 3
+        peak = _track_overlap(sink)
+        count = self.batch_size * concurrency * 2
+        ids = _run(_through_pipeline(sink, self.table, count, self.batch_size, concurrency))
+        assert limit is None or peak() <= limit, (
+            f"{peak()} sends overlapped; the sink accepts {limit} at once"
+        )
+        counts = self.stored_ids(read_stored)
+        assert [event_id for event_id in ids if event_id not in counts] == []
+
     def test_delivers_through_a_pipeline(
         self, make_sink: Callable[[], Sink], read_stored: Any
     ) -> None:
         """Run by the real pipeline, in several batches, every written event is stored."""
         sink = make_sink()
         batch_limit = self.batch_size
-        settings = Settings(
-            instance="contract",
-            sinks=(
-                SinkConfig(
-                    type=sink.name,
-                    name="contract",
-                    options={},
-                    delivery=DeliverySettings(batch_limit=batch_limit, flush_interval=0.01),
-                ),
-            ),
-        )
-
-        async def scenario() -> list[str]:
-            pipeline = Pipeline(
-                settings,
-                pm=make_plugin_manager(entry_points=False),
-                outbox=MemoryOutbox(),
-                sinks={"contract": sink},
-            )
-            await pipeline.start()
-            ids = []
-            for number in range(batch_limit * 3 + 1):
-                event_id = await pipeline.write_async(self.table, {"n": number})
-                assert event_id is not None
-                ids.append(event_id)
-            delivered = await pipeline.flush(timeout=30)
-            left = await pipeline.close(timeout=5)
-            assert delivered and left == 0, "the pipeline could not deliver everything"
-            return ids
-
-        ids = _run(scenario())
+        ids = _run(_through_pipeline(sink, self.table, batch_limit * 3 + 1, batch_limit, 1))
         counts = self.stored_ids(read_stored)
         assert [event_id for event_id in ids if event_id not in counts] == []
+
+
+async def _through_pipeline(
+    sink: Sink, table: str, count: int, batch_limit: int, concurrency: int
+) -> list[str]:
+    """Write ``count`` events through a real pipeline into ``sink``; return their ids."""
+    settings = Settings(
+        instance="contract",
+        sinks=(
+            SinkConfig(
+                type=sink.name,
+                name="contract",
+                options={},
+                delivery=DeliverySettings(
+                    batch_limit=batch_limit, flush_interval=0.01, concurrency=concurrency
+                ),
+            ),
+        ),
+    )
+    pipeline = Pipeline(
+        settings,
+        pm=make_plugin_manager(entry_points=False),
+        outbox=MemoryOutbox(),
+        sinks={"contract": sink},
+    )
+    await pipeline.start()
+    ids = []
+    for number in range(count):
+        event_id = await pipeline.write_async(table, {"n": number})
+        assert event_id is not None
+        ids.append(event_id)
+    delivered = await pipeline.flush(timeout=30)
+    left = await pipeline.close(timeout=5)
+    assert delivered and left == 0, "the pipeline could not deliver everything"
+    return ids
+
+
+def _track_overlap(sink: Sink) -> Callable[[], int]:
+    """Wrap ``sink.send`` to record the most calls in progress at once; return a reader."""
+    send = sink.send
+    lock = threading.Lock()
+    state = {"now": 0, "peak": 0}
+
+    def enter() -> None:
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+
+    def leave() -> None:
+        with lock:
+            state["now"] -= 1
+
+    if inspect.iscoroutinefunction(send):
+
+        async def tracked(batch: Sequence[Event]) -> None:
+            enter()
+            try:
+                await asyncio.sleep(0.001)  # leave room for an overlapping call to start
+                await send(batch)
+            finally:
+                leave()
+
+    else:
+
+        def tracked(batch: Sequence[Event]) -> None:  # type: ignore[misc]
+            enter()
+            try:
+                send(batch)
+            finally:
+                leave()
+
+    sink.send = tracked  # type: ignore[method-assign]
+    return lambda: state["peak"]

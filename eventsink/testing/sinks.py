@@ -37,6 +37,7 @@ class MemorySink(Sink):
     """
 
     name = "memory"
+    max_concurrent_sends = None  # every call is a locked dict update
     description = "Keeps delivered events in memory (tests only; not registered by default)."
 
     def __init__(self, *, store: dict[str, Event] | None = None, **config: Any) -> None:

@@ -24,7 +24,7 @@ from eventsink.ids import IdGenerator
 from eventsink.nats.consumer import JetStreamConsumer, consume_settings, event_from_message
 from eventsink.outbox import MemoryOutbox
 from eventsink.pipeline.pipeline import Pipeline
-from eventsink.plugins import lookup, make_plugin_manager, sink_classes
+from eventsink.plugins import Hooks, lookup, make_plugin_manager, sink_classes
 from eventsink.testing import MemorySink, async_wait_until, wait_until
 from eventsink.testing.receiver import free_port
 
@@ -488,7 +488,7 @@ class TestConsumeDeadLetters:
             settings,
             SinkConfig("memory", "memory", {}, DeliverySettings()),
             sink,
-            hooks=make_plugin_manager().hook,
+            hooks=Hooks(make_plugin_manager()),
         )
         running = asyncio.ensure_future(consumer.run())
         try:
