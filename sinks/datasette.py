@@ -10,7 +10,9 @@ Two URL shapes are accepted for ``api_url``:
 Every request carries ``ignore: true`` and the event's ULID as the primary key, so a batch sent
 twice (a retry after a lost response, a crash before the ack) never duplicates a row.
 Batches are split to the receiver's ``max_insert_rows``; a "Too many rows" answer lowers the
-limit and is remembered.
+limit and is remembered. A receiver whose ``/-/create`` refuses ``ignore`` (Datasette 1.0a0 and
+1.0a1) raises ``ConfigError``, which pauses the sink with a message naming the ``/-/insert``
+URL to use instead.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ SHAPES = "'http(s)://host/<database>/-/create' or 'http(s)://host/<database>/<ta
 _CREATE = re.compile(r"^(?P<db>(?:/[^/]+)*/[^/]+)/-/create/?$")
 _INSERT = re.compile(r"^(?P<db>(?:/[^/]+)*/[^/]+)/(?P<table>[^/]+)/-/insert/?$")
 _TOO_MANY = re.compile(r"too many rows, maximum allowed is (\d+)", re.IGNORECASE)
+_NO_IGNORE = re.compile(r"invalid keys:.*\bignore\b", re.IGNORECASE)
 _JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 _TILDE_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -260,6 +263,8 @@ class DatasetteSink(Sink):
                 )
                 self.max_rows = new_limit
                 return 0  # the caller sends again with the lower limit
+        if response.status_code == 400 and url.endswith("/-/create") and _NO_IGNORE.search(message):
+            raise self._create_refuses_ignore(table)
         if response.status_code == 404 and table in self._created and not self.fixed_table:
             self._created.discard(table)  # the table was dropped at the receiver: make it again
             return 0
@@ -337,6 +342,20 @@ class DatasetteSink(Sink):
             if token:
                 text = text.replace(token, "********")
         return text
+
+    def _create_refuses_ignore(self, table: str) -> ConfigError:
+        """The error for a receiver whose ``/-/create`` refuses ``ignore`` (before 1.0a2).
+
+        Without ``ignore`` a retried batch would fail on its own rows, so the sink does not
+        fall back: it pauses (the lane keeps every event) until ``api_url`` is changed.
+        """
+        insert = _without_secrets(f"{self.db_url}/{tilde_encode(table)}/-/insert")
+        return ConfigError(
+            f"{self.describe()} refuses 'ignore' (Datasette before 1.0a2 does not accept it "
+            f"on /-/create): create the table {table!r} with an 'id' primary key at the "
+            f"receiver, then set api_url to {insert}",
+            key="api_url",
+        )
 
     def _error(self, response: httpx.Response, message: str, table: str, action: str) -> Exception:
         status = response.status_code

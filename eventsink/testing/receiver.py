@@ -51,6 +51,8 @@ class DatasetteReceiver:
     ``settings`` become ``--setting`` pairs; ``extra_args`` are appended to the command line.
     The database file and the server's log live in a temporary directory removed by
     :meth:`close`. :meth:`stop` and :meth:`start` restart the server on the same port.
+    ``datasette`` is the ``datasette`` executable to run (another version's, from a venv of
+    its own); by default the one installed next to this Python.
     """
 
     def __init__(
@@ -61,7 +63,9 @@ class DatasetteReceiver:
         extra_args: list[str] | None = None,
         directory: str | os.PathLike[str] | None = None,
         startup_timeout: float = 20.0,
+        datasette: str | os.PathLike[str] | None = None,
     ) -> None:
+        self.command = [os.fspath(datasette)] if datasette else _datasette_command()
         self.database = database
         self.settings = dict(settings or {})
         self.extra_args = list(extra_args or [])
@@ -100,7 +104,7 @@ class DatasetteReceiver:
         ``restrictions`` are passed through, e.g. ``"--all", "view-instance"``.
         """
         result = subprocess.run(
-            [*_datasette_command(), "create-token", actor, *restrictions],
+            [*self.command, "create-token", actor, *restrictions],
             env={**os.environ, "DATASETTE_SECRET": self.secret},
             capture_output=True,
             text=True,
@@ -118,7 +122,7 @@ class DatasetteReceiver:
         if self.process is not None and self.process.poll() is None:
             return
         command = [
-            *_datasette_command(),
+            *self.command,
             "serve",
             str(self.path),
             "--host",
