@@ -51,16 +51,18 @@ class _Split:
 
     message: str
     done: set[str] = field(default_factory=set)  # ids acked or dead-lettered meanwhile
-    # single events refused with the batch's own message, not yet judged
+    # single events refused with the batch's own message, dead-lettered once it is over
     suspects: list[tuple[Leased, RejectedError]] = field(default_factory=list)
+    accepted: bool = False  # some part got through: the receiver accepts rows
+    judged: bool = False  # the refusal was judged to be about the rows
+
+    def finished(self, leased: Leased, *, accepted: bool = False) -> None:
+        self.done.update(event.id for event in leased.events)
+        self.accepted = self.accepted or accepted
 
 
 class _RefusedWhole(Exception):
-    """Single events are refused exactly as their whole batch: the receiver refuses all."""
-
-    def __init__(self, error: RejectedError) -> None:
-        super().__init__(str(error))
-        self.error = error
+    """Single events are refused exactly as their whole batch, and nothing got through."""
 
 
 @dataclass
@@ -404,59 +406,88 @@ class Lane:
             if error is None:
                 await self._acked(leased)
                 if split is not None:
-                    split.done.update(event.id for event in leased.events)
+                    split.finished(leased, accepted=True)
                 return
             if isinstance(error, RejectedError):
-                if str(error) == self._refusal:  # refused as when the sink paused
-                    if split is not None:
-                        raise _RefusedWhole(error)
+                if split is None and str(error) == self._refusal:  # as when the sink paused
                     error = self._receiver_wide(error)
                 elif len(leased.events) > 1:
-                    inner = split or _Split(str(error))
-                    try:
-                        await self._split(leased, inner)
-                    except _RefusedWhole as refused:
-                        if split is not None:
-                            raise
-                        left = [n for n, e in enumerate(leased.events) if e.id not in inner.done]
-                        leased = leased.subset(left)
-                        error = self._receiver_wide(refused.error)
-                    else:
-                        if split is None:  # isolated: these were rejected for their own reasons
-                            for suspect, reason in inner.suspects:
-                                await self._dead_letter(suspect, reason)
+                    if split is not None:
+                        await self._split(leased, split)
                         return
+                    whole = _Split(str(error))
+                    try:
+                        await self._split(leased, whole)
+                        refused = False
+                    except _RefusedWhole:
+                        refused = await self._refused_everywhere(leased, whole)
+                    if not refused:  # isolated: these were rejected for their own reasons
+                        for suspect, reason in whole.suspects:
+                            await self._dead_letter(suspect, reason)
+                        return
+                    leased = leased.subset(
+                        [n for n, event in enumerate(leased.events) if event.id not in whole.done]
+                    )
+                    error = self._receiver_wide(error)
                 elif split is not None and str(error) == split.message:
-                    split.suspects.append((leased, error))  # judged once its sibling is tried
+                    split.suspects.append((leased, error))  # judged once the split is over
                     return
                 else:
                     await self._dead_letter(leased, error)
                     if split is not None:
-                        split.done.update(event.id for event in leased.events)
+                        split.finished(leased)
                     return
             elif isinstance(error, PermanentError):
                 await self._dead_letter(leased, error)
                 if split is not None:
-                    split.done.update(event.id for event in leased.events)
+                    split.finished(leased)
                 return
             if await self._retry_later(leased, error):
                 if split is not None:  # dead-lettered, or given back as the lane stops
-                    split.done.update(event.id for event in leased.events)
+                    split.finished(leased)
                 return
 
     async def _split(self, leased: Leased, split: _Split) -> None:
         """Deliver ``leased`` in halves, to isolate the events the receiver rejects.
 
-        When both single-event halves of a pair are refused exactly as the whole batch was,
-        the refusal is about the receiver or the configuration, not the rows: raises
-        :class:`_RefusedWhole` (splitting on would make every event a dead letter).
+        Raises :class:`_RefusedWhole` when both single-event halves of a pair are refused
+        exactly as the whole batch was and nothing of the batch has got through yet.
         """
         first, second = leased.split()
         suspects = len(split.suspects)
         await self._deliver(first, split)
         await self._deliver(second, split)
-        if len(leased.events) == 2 and len(split.suspects) == suspects + 2:
-            raise _RefusedWhole(split.suspects[-1][1])
+        pair_refused = len(leased.events) == 2 and len(split.suspects) == suspects + 2
+        if pair_refused and not split.accepted and not split.judged:
+            raise _RefusedWhole
+
+    async def _refused_everywhere(self, leased: Leased, split: _Split) -> bool:
+        """Judge a refusal that single events got exactly as their whole batch.
+
+        The events not tried yet are sent in two halves: when both are refused the same way
+        too, the refusal is about the receiver or the configuration, not the rows (True;
+        splitting on would only make every event a dead letter). Otherwise the rows are to
+        blame: the rest is delivered, split as it needs, and False returned.
+        """
+        split.judged = True
+        tried = split.done | {event.id for suspect, _ in split.suspects for event in suspect.events}
+        rest = leased.subset([n for n, event in enumerate(leased.events) if event.id not in tried])
+        parts = [
+            part for part in (rest.split() if len(rest.events) > 1 else (rest,)) if part.events
+        ]
+        outcomes = [await self._attempt(part) for part in parts]
+        if all(
+            isinstance(outcome, RejectedError) and str(outcome) == split.message
+            for outcome in outcomes
+        ):
+            return True
+        for part, outcome in zip(parts, outcomes, strict=True):
+            if outcome is None:
+                await self._acked(part)
+                split.finished(part, accepted=True)
+            else:
+                await self._deliver(part, split)
+        return False
 
     async def _attempt(self, leased: Leased) -> Exception | None:
         """Send ``leased`` once; return the sink's exception, or ``None`` when confirmed."""

@@ -378,3 +378,37 @@ class TestReceiverWideRefusals:
                 set(ids) - {ids[0], ids[5]}
             )
             assert status["dead_lettered"] == 2 and status["paused"] is None
+
+    @pytest.mark.parametrize("bad", [(0, 1), (6, 7), (0, 1, 4)])
+    def test_rows_refused_with_one_message_are_still_isolated(self, bad):
+        """Bad rows whose message names no row (a CHECK constraint) look like the whole
+        batch's refusal; the rest getting through shows they are about the rows."""
+
+        class CheckSink(RecordingSink):
+            name = "check"
+
+            async def send(self, batch):
+                self.calls.append((0.0, list(batch)))
+                if any(event.data["n"] in bad for event in batch):
+                    raise eventsink.RejectedError("CHECK constraint failed: n", status=400)
+                self.delivered.extend(batch)
+
+        class Plugin:
+            @hookimpl
+            def eventsink_register_sinks(self):
+                return [CheckSink]
+
+        pm = make_plugin_manager()
+        pm.register(Plugin())
+        with eventsink.Client(
+            sink="check", pm=pm, outbox=":memory:", batch_limit=8, flush_interval=60
+        ) as client:
+            ids = [client.write("t", {"n": n}) for n in range(8)]
+            assert client.flush(10)
+            sink = client.pipeline.sinks["check"]
+            status = client.status()["sinks"]["check"]
+        assert sorted(event.data["n"] for event in sink.delivered) == sorted(
+            set(range(8)) - set(bad)
+        )
+        assert len(ids) == 8 and status["dead_lettered"] == len(bad)
+        assert status["paused"] is None
