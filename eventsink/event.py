@@ -9,7 +9,10 @@ milliseconds), the destination ``table`` and the ``data``, a dict that JSON can 
 ============================  ======================================================
 value                         becomes
 ============================  ======================================================
-str, int, bool, None          itself
+str                           itself; a lone surrogate (not valid Unicode) is rejected
+int                           itself within the signed 64-bit range (what SQLite and
+                              the sinks store exactly); outside it, rejected
+bool, None                    itself
 float                         itself; NaN and infinities are rejected
 dict (str keys)               a dict, each value converted by this rule
 list, tuple                   a list
@@ -22,8 +25,14 @@ Enum                          its ``value``, converted by this rule
 ============================  ======================================================
 
 Anything else raises :class:`~eventsink.exceptions.EventError` naming the field, at ``write()``
-time, so a bad event never reaches the worker. The keys ``id``, ``instance`` and ``created`` are
-reserved for the envelope and are an error in ``data``.
+time, so a bad event never reaches the worker. So do:
+
+* more than :data:`MAX_DEPTH` (64) levels of lists and dicts inside ``data`` (a list in
+  ``data`` is level 1);
+* the keys ``id``, ``instance`` and ``created``, reserved for the envelope, in any case;
+* two top-level keys that differ only in case (``"A"`` and ``"a"``): table-shaped sinks store
+  the top-level keys as columns, and SQL compares column names without regard to case, so one
+  of the two values would be lost.
 """
 
 from __future__ import annotations
@@ -41,7 +50,10 @@ import orjson
 from .exceptions import EventError
 
 RESERVED_KEYS = frozenset({"id", "instance", "created"})
-_PLAIN = (str, int, bool, type(None))
+#: The deepest nesting of lists and dicts allowed inside an event's data.
+MAX_DEPTH = 64
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+_PLAIN = (bool, type(None))
 
 
 class Event:
@@ -127,35 +139,72 @@ def normalise(data: Any) -> dict[str, Any]:
     """Return a JSON-safe copy of ``data`` (see the module docstring for the rule).
 
     Raises :class:`EventError` naming the field for a value the rule cannot convert, for a
-    reserved key, or when ``data`` is not a dict.
+    reserved key, for keys that differ only in case, or when ``data`` is not a dict.
     """
     if not isinstance(data, dict):
         raise EventError(f"event data must be a dict, not {type(data).__name__}", field="")
+    _check_keys(data)
     # Fast path: a flat dict of plain values, by far the common case, is copied as is.
-    for key, value in data.items():
-        if type(key) is not str or key in RESERVED_KEYS:
-            break
+    for value in data.values():
         kind = type(value)
-        if kind in _PLAIN or (kind is float and math.isfinite(value)):
+        if kind is str:
+            if value.isascii() or _valid_text(value):
+                continue
+        elif kind is int:
+            if INT_MIN <= value <= INT_MAX:
+                continue
+        elif kind in _PLAIN or (kind is float and math.isfinite(value)):
             continue
         break
     else:
         return dict(data)
+    return _convert_dict(data, "", 1)
+
+
+def _check_keys(data: dict[Any, Any]) -> None:
+    """Refuse reserved keys and top-level keys equal but for case (see the module docstring)."""
+    lowered: dict[str, Any] = {}
     for key in data:
-        if key in RESERVED_KEYS:
+        if not isinstance(key, str):
+            raise EventError(
+                f"field {key!r}: keys must be strings, not {type(key).__name__}",
+                field=str(key),
+            )
+        if not key.isascii() and not _valid_text(key):
+            raise EventError(
+                f"field {key!a}: the key is not valid Unicode (a lone surrogate)",
+                field=ascii(key),
+            )
+        low = key.lower()
+        if low in RESERVED_KEYS:
             raise EventError(
                 f"{key!r} is reserved for the event envelope and cannot be a data key; "
-                f"rename it (the reserved keys are {', '.join(sorted(RESERVED_KEYS))})",
+                f"rename it (the reserved keys are {', '.join(sorted(RESERVED_KEYS))}, "
+                "in any case)",
                 field=key,
             )
-    return _convert_dict(data, "")
+        if low in lowered:
+            raise EventError(
+                f"fields {lowered[low]!r} and {key!r} differ only in case: a SQL sink stores "
+                "both in one column and would lose one value; rename one of them",
+                field=key,
+            )
+        lowered[low] = key
+
+
+def _valid_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _convert_dict(value: dict[Any, Any], path: str) -> dict[str, Any]:
+def _convert_dict(value: dict[Any, Any], path: str, depth: int) -> dict[str, Any]:
     converted = {}
     for key, item in value.items():
         if not isinstance(key, str):
@@ -163,30 +212,61 @@ def _convert_dict(value: dict[Any, Any], path: str) -> dict[str, Any]:
                 f"field {_join(path, repr(key))!s}: keys must be strings, not {type(key).__name__}",
                 field=_join(path, str(key)),
             )
-        converted[key] = _convert(item, _join(path, key))
+        if not _valid_text(key):
+            where = _join(path, ascii(key))
+            raise EventError(
+                f"field {where}: the key is not valid Unicode (a lone surrogate)", field=where
+            )
+        converted[key] = _convert(item, _join(path, key), depth)
     return converted
 
 
-def _convert(value: Any, path: str) -> Any:
+def _too_deep(path: str) -> EventError:
+    return EventError(
+        f"field {path!r}: lists and dicts are nested more than {MAX_DEPTH} deep "
+        "(the most an event may hold)",
+        field=path,
+    )
+
+
+def _convert(value: Any, path: str, depth: int) -> Any:
     kind = type(value)
     if kind in _PLAIN:
         return value
-    if kind is float:
-        if not math.isfinite(value):
-            raise EventError(f"field {path!r}: {value!r} cannot be stored in JSON", field=path)
-        return value
     if isinstance(value, enum.Enum):
-        return _convert(value.value, path)
-    if isinstance(value, (str, int)):  # subclasses of plain types, e.g. IntFlag handled above
+        return _convert(value.value, path, depth)
+    if isinstance(value, str):  # str and its subclasses
+        if not value.isascii() and not _valid_text(value):
+            raise EventError(
+                f"field {path!r}: the text is not valid Unicode (it holds a lone surrogate, "
+                f"{_first_surrogate(value)})",
+                field=path,
+            )
+        return value
+    if isinstance(value, int):  # int and its subclasses (bool handled above)
+        if not INT_MIN <= value <= INT_MAX:
+            raise EventError(
+                f"field {path!r}: the integer is outside the 64-bit range sinks store exactly "
+                "(-2**63 to 2**63-1); send it as a string to keep every digit",
+                field=path,
+            )
         return value
     if isinstance(value, float):
-        return _convert(float(value), path)
+        if not math.isfinite(value):
+            raise EventError(f"field {path!r}: {value!r} cannot be stored in JSON", field=path)
+        return float(value)
     if isinstance(value, dict):
-        return _convert_dict(value, path)
+        if depth > MAX_DEPTH:
+            raise _too_deep(path)
+        return _convert_dict(value, path, depth + 1)
     if isinstance(value, (list, tuple)):
-        return [_convert(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        if depth > MAX_DEPTH:
+            raise _too_deep(path)
+        return [_convert(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
     if isinstance(value, (set, frozenset)):
-        items = [_convert(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        if depth > MAX_DEPTH:
+            raise _too_deep(path)
+        items = [_convert(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
         try:
             return sorted(items)
         except TypeError:
@@ -206,3 +286,10 @@ def _convert(value: Any, path: str) -> Any:
         "str, number, bool, None, list or dict first",
         field=path,
     )
+
+
+def _first_surrogate(value: str) -> str:
+    for index, char in enumerate(value):
+        if 0xD800 <= ord(char) <= 0xDFFF:
+            return f"U+{ord(char):04X} at position {index}"
+    return "unknown position"

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from ulid import ULID
 
-from eventsink.event import Event, normalise
+from eventsink.event import MAX_DEPTH, Event, normalise
 from eventsink.exceptions import EventError
 from eventsink.ids import IdGenerator, parse_ulid_or_time, ulid_floor
 
@@ -79,6 +79,73 @@ class TestNormalise:
     def test_non_dict_data_is_rejected(self):
         with pytest.raises(EventError, match="must be a dict"):
             normalise(["not", "a", "dict"])
+
+
+class TestValidateAtTheDoor:
+    """normalise() refuses what the outbox or a sink could not store exactly, naming the field."""
+
+    @pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**70])
+    def test_integers_outside_64_bits(self, value):
+        with pytest.raises(EventError, match="64-bit") as info:
+            normalise({"user": {"count": value}})
+        assert info.value.field == "user.count"
+
+    @pytest.mark.parametrize("value", [2**63 - 1, -(2**63)])
+    def test_integers_at_the_64_bit_edges_are_kept(self, value):
+        assert normalise({"n": value}) == {"n": value}
+        assert orjson.loads(orjson.dumps(normalise({"n": value}))) == {"n": value}
+
+    def test_lone_surrogate_in_a_value(self):
+        with pytest.raises(EventError, match="U\\+D800") as info:
+            normalise({"name": "ok\ud800"})
+        assert info.value.field == "name"
+
+    def test_lone_surrogate_in_a_nested_value_and_key(self):
+        with pytest.raises(EventError, match="not valid Unicode") as info:
+            normalise({"tags": ["a", "\udfff"]})
+        assert info.value.field == "tags[1]"
+        with pytest.raises(EventError, match="not valid Unicode"):
+            normalise({"\udfff": 1})
+        with pytest.raises(EventError, match="not valid Unicode"):
+            normalise({"outer": {"\udfff": 1}})
+
+    def test_valid_non_ascii_text_is_kept(self):
+        data = {"name": "Zoë 🐍", "nested": {"ключ": "значение"}}
+        assert normalise(data) == data
+
+    def test_nesting_at_the_limit_is_kept_and_beyond_refused(self):
+        ok: list = []
+        for _ in range(MAX_DEPTH - 1):
+            ok = [ok]
+        assert normalise({"deep": ok}) == {"deep": ok}
+        orjson.dumps(Event("x", "t", "i", "c", normalise({"deep": ok})).to_dict())
+        with pytest.raises(EventError, match=f"more than {MAX_DEPTH} deep") as info:
+            normalise({"deep": [ok]})
+        assert info.value.field.startswith("deep[0]")
+
+    def test_very_deep_nesting_is_an_event_error_not_recursion(self):
+        deep: dict = {}
+        for _ in range(5000):
+            deep = {"x": deep}
+        with pytest.raises(EventError, match="deep"):
+            normalise({"deep": deep})
+
+    def test_keys_differing_only_in_case_are_refused(self):
+        with pytest.raises(EventError, match="differ only in case") as info:
+            normalise({"A": 1, "a": 2})
+        assert info.value.field == "a"
+        assert normalise({"outer": {"A": 1, "a": 2}}) == {"outer": {"A": 1, "a": 2}}
+
+    @pytest.mark.parametrize("key", ["ID", "Instance", "CREATED"])
+    def test_reserved_keys_in_any_case(self, key):
+        with pytest.raises(EventError, match="reserved") as info:
+            normalise({key: "spoof"})
+        assert info.value.field == key
+
+    def test_non_finite_nested_float(self):
+        with pytest.raises(EventError) as info:
+            normalise({"m": [1.0, float("inf")]})
+        assert info.value.field == "m[1]"
 
 
 class TestEvent:

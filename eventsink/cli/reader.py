@@ -7,6 +7,10 @@ and set aside while the rest is delivered.
 A JSON object shaped like eventsink's own envelope (``{"id", "table", "instance", "created",
 "data"}``, as the ``file`` sink writes it) keeps its id, creation time and table, so a file
 written by the ``file`` sink can be sent again and lands idempotently.
+
+Integers are kept exact: a JSON integer too long for 64 bits (which a fast parser would turn
+into a rounded float) is read exactly, and the line is then refused naming the field (the
+outbox and the sinks store integers in 64 bits; quote such a number to keep it as text).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +26,14 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from ..event import INT_MAX, INT_MIN
+
 FORMATS = ("auto", "jsonl", "json", "csv")
 _ENVELOPE_KEYS = frozenset({"id", "table", "instance", "created", "data"})
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]+([eE][-+]?[0-9]+)?")
+# 20 digits in a row may be an integer beyond 64 bits, which orjson reads as a rounded float.
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
 
 
 @dataclass
@@ -100,6 +109,47 @@ def _record(value: Any, source: str, where: str, raw: bytes) -> Record | Malform
     return Record(value, where)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads_exact(text: bytes) -> Any:
+    """Parse ``text`` keeping every digit of long integers (orjson rounds them to floats)."""
+    if not _LONG_DIGITS.search(text):
+        return orjson.loads(text)
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise orjson.JSONDecodeError(str(error), "", 0) from None
+
+
+def _big_integer(value: Any, path: str = "") -> str | None:
+    """The path of the first integer outside 64 bits in ``value``, or ``None``."""
+    if type(value) is int:
+        return path if not INT_MIN <= value <= INT_MAX else None
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = _big_integer(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+def _too_big(source: str, where: str, field: str, raw: bytes) -> Malformed:
+    return Malformed(
+        source,
+        where,
+        f"field {field!r}: the integer is outside the 64-bit range sinks store exactly; "
+        "quote it in the input to keep every digit",
+        raw,
+    )
+
+
 def _json_lines(stream: BinaryIO, source: str) -> Iterator[Record | Malformed]:
     loads = orjson.loads
     for number, line in enumerate(stream, 1):
@@ -108,9 +158,16 @@ def _json_lines(stream: BinaryIO, source: str) -> Iterator[Record | Malformed]:
         if not line.strip():
             continue
         try:
-            value = loads(line)
+            value = loads(line) if not _LONG_DIGITS.search(line) else _loads_exact(line)
         except orjson.JSONDecodeError as error:
             yield Malformed(source, f"line {number}", f"not JSON ({error.msg})", line.rstrip())
+            continue
+        except RecursionError:
+            yield Malformed(source, f"line {number}", "not JSON (nested too deep)", line.rstrip())
+            continue
+        field = _big_integer(value)
+        if field is not None:
+            yield _too_big(source, f"line {number}", field, line.rstrip())
             continue
         if type(value) is dict and "data" not in value:
             yield Record(value, f"line {number}")  # the common case, without the checks
@@ -123,13 +180,20 @@ def _json_array(stream: BinaryIO, source: str) -> Iterator[Record | Malformed]:
     if text.startswith(codecs.BOM_UTF8):
         text = text[3:]
     try:
-        items = orjson.loads(text)
+        items = _loads_exact(text)
     except orjson.JSONDecodeError as error:
         yield Malformed(source, f"line {error.lineno}", f"not JSON ({error.msg}); file skipped")
+        return
+    except RecursionError:
+        yield Malformed(source, "line 1", "not JSON (nested too deep); file skipped")
         return
     if not isinstance(items, list):
         items = [items]
     for index, item in enumerate(items, 1):
+        field = _big_integer(item)
+        if field is not None:
+            yield _too_big(source, f"item {index}", field, b"")
+            continue
         yield _record(item, source, f"item {index}", orjson.dumps(item))
 
 

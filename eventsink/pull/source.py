@@ -231,9 +231,11 @@ class DataSource:
 
     def to_data(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The record as event data: envelope keys renamed ``source_<key>``."""
-        if RESERVED_KEYS.isdisjoint(record):
+        if RESERVED_KEYS.isdisjoint(str(key).lower() for key in record):
             return dict(record)
-        return {(f"source_{k}" if k in RESERVED_KEYS else k): v for k, v in record.items()}
+        return {
+            (f"source_{k}" if str(k).lower() in RESERVED_KEYS else k): v for k, v in record.items()
+        }
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} -> {self.destination}>"
