@@ -32,6 +32,7 @@ from eventsink.sqlite_files import connect
 logger = logging.getLogger("eventsink")
 
 _ENVELOPE = ("id", "instance", "created")
+_ABSENT = (None, None)
 _TRANSIENT = re.compile(r"locked|busy|disk|I/O|full", re.IGNORECASE)
 
 
@@ -98,17 +99,20 @@ class SQLiteSink(Sink):
     def send(self, batch: Sequence[Event]) -> None:
         db = self._db or self._connect()
         fixed_table = self.config["table"]
-        tables: dict[str, list[dict[str, Any]]] = {}
+        tables: dict[str, list[dict[str, Any]]] = {}  # table -> rows keyed lower-cased
         for event in batch:
-            tables.setdefault(fixed_table or event.table, []).append(event.row())
+            tables.setdefault(fixed_table or event.table, []).append(_row(event))
         try:
             statements = [(self._prepare(db, table, rows), rows) for table, rows in tables.items()]
             connection = db.conn
             connection.execute("begin immediate")
             try:
                 for (sql, columns), rows in statements:
+                    # Rows are keyed by lower-cased name: SQL column names ignore case, so
+                    # "A" in one event and "a" in another are one column, never two.
+                    keys = [column.lower() for column in columns]
                     connection.executemany(
-                        sql, [[_value(row.get(column)) for column in columns] for row in rows]
+                        sql, [[_value(row.get(key, _ABSENT)[1]) for key in keys] for row in rows]
                     )
             except BaseException:
                 connection.execute("rollback")
@@ -125,16 +129,22 @@ class SQLiteSink(Sink):
     def _prepare(
         self, db: sqlite_utils.Database, table: str, rows: list[dict[str, Any]]
     ) -> tuple[str, list[str]]:
+        # rows: {lower-cased name: (name, value)}, as made by _row()
         """Create ``table`` or add its missing columns; return the insert and its columns.
 
         Schema changes commit on their own before the batch's transaction: a new column is
         harmless if the insert then fails, and it keeps sqlite-utils' own transactions apart
         from ours.
         """
-        columns = list(dict.fromkeys(key for row in rows for key in row))
+        first: dict[str, str] = {}  # lower-cased key -> the spelling seen first
+        for row in rows:
+            for key in row:
+                first.setdefault(key, row[key][0])
+        columns = list(first.values())
         known = self._columns.get(table)
         if known is None or any(column.lower() not in known for column in columns):
             handle = db.table(table)
+            rows = [{first[key]: value for key, (_, value) in row.items()} for row in rows]
             if not handle.exists():
                 types = suggest_column_types(rows)
                 # The envelope columns come first, as in the Datasette sink's tables.
@@ -161,6 +171,26 @@ class SQLiteSink(Sink):
     def describe(self) -> str:
         where = f"sqlite {self.path.resolve()}"
         return f"{where} table {self.config['table']}" if self.config["table"] else where
+
+
+def _row(event: Event) -> dict[str, tuple[str, Any]]:
+    """The event's row keyed by lower-cased column name: ``{lower: (name, value)}``.
+
+    Two keys equal but for case cannot be stored faithfully in one row (``write()`` refuses
+    them; this catches events that bypassed it): the row is refused, not altered.
+    """
+    row = event.row()
+    lowered = {key.lower(): (key, value) for key, value in row.items()}
+    if len(lowered) != len(row):
+        seen: dict[str, str] = {}
+        for key in row:
+            if key.lower() in seen:
+                raise RejectedError(
+                    f"event {event.id}: fields {seen[key.lower()]!r} and {key!r} differ only in "
+                    "case and would be stored in one column"
+                )
+            seen[key.lower()] = key
+    return lowered
 
 
 def _value(value: Any) -> Any:

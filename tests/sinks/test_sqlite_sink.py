@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from eventsink.sinks.sqlite import SQLiteSink
 
-from eventsink import Client, ConfigError, Event, RetryableError
+from eventsink import Client, ConfigError, Event, EventError, RejectedError, RetryableError
 from eventsink.plugins import lookup, make_plugin_manager, sink_classes
 
 from ..conftest import table_rows as rows
@@ -166,3 +166,45 @@ class TestRefusedRows:
         sink.send([event(1)])
         sink.close()
         assert [row["n"] for row in rows(path, "clicks")] == [1]
+
+
+class TestColumnCase:
+    """Column names ignore case in SQL: rows are stored faithfully or refused, never altered."""
+
+    def test_keys_differing_in_case_across_events_share_one_column(self, tmp_path):
+        sink = SQLiteSink(path=str(tmp_path / "e.db"))
+        sink.send([event(1, Colour="red"), event(2, colour="blue")])
+        sink.send([event(3, COLOUR="green")])
+        sink.close()
+        stored = rows(tmp_path / "e.db", "clicks")
+        values = [next(v for k, v in row.items() if k.lower() == "colour") for row in stored]
+        assert values == ["red", "blue", "green"]
+
+    def test_existing_table_with_a_lower_case_column(self, tmp_path):
+        connection = sqlite3.connect(tmp_path / "e.db")
+        connection.execute("create table clicks (id text primary key, instance, created, n, a)")
+        connection.commit()
+        connection.close()
+        sink = SQLiteSink(path=str(tmp_path / "e.db"))
+        sink.send([event(1, A=1), event(2, a=2)])
+        sink.close()
+        assert [row["a"] for row in rows(tmp_path / "e.db", "clicks")] == [1, 2]
+
+    def test_one_event_with_keys_equal_but_for_case_is_refused_not_altered(self, tmp_path):
+        sink = SQLiteSink(path=str(tmp_path / "e.db"))
+        with pytest.raises(RejectedError, match="differ only in case"):
+            sink.send([event(1, A=1, a=2)])
+        bad = Event("01J00000000000000000000009", "clicks", "t", "c", {"ID": "spoof"})
+        with pytest.raises(RejectedError, match="'id' and 'ID'"):
+            sink.send([bad])
+        sink.close()
+
+    def test_write_refuses_them_before_any_sink(self, tmp_path):
+        with Client(sink="sqlite", path=str(tmp_path / "e.db"), outbox=":memory:") as client:
+            with pytest.raises(EventError, match="differ only in case"):
+                client.write("clicks", {"A": 1, "a": 2})
+            with pytest.raises(EventError, match="reserved"):
+                client.write("clicks", {"ID": "spoof"})
+            client.write("clicks", {"n": 1})
+            assert client.flush(10)
+        assert [row["n"] for row in rows(tmp_path / "e.db", "clicks")] == [1]
