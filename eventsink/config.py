@@ -384,6 +384,15 @@ PIPELINE_OPTIONS: tuple[Option, ...] = (
         minimum=1,
     ),
     Option(
+        "max_uncommitted",
+        int,
+        5000,
+        "Most events accepted but not yet committed to the outbox (held in memory); beyond "
+        "it write() waits for the next commit ('drop_newest': drops).",
+        minimum=1,
+        nullable=False,
+    ),
+    Option(
         "overflow",
         str,
         "block",

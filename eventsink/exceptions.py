@@ -8,6 +8,7 @@ The tree::
     ├── EventError (ValueError)           an event that cannot be written, names the field
     ├── ClosedError (RuntimeError)        write() after close()
     ├── OverflowDropped                   an event refused because the outbox is full
+    ├── OutboxError                       an event the outbox could not store (disk full...)
     └── DeliveryError                     raised by sinks (and sources) to steer delivery
         ├── RetryableError                try again later (optional ``retry_after`` floor)
         │   └── SinkPausedError           nothing will work until a person acts (401/403)
@@ -61,6 +62,14 @@ class ClosedError(EventsinkError, RuntimeError):
 
 class OverflowDropped(EventsinkError):
     """An event was refused because the outbox is full and the policy is ``drop_newest``."""
+
+
+class OutboxError(EventsinkError):
+    """The outbox could not store an event (disk full, read-only, locked): it was dropped.
+
+    Raised only to callers that wait for the commit (``write(..., wait=True)``, the Datasette
+    plugin); the drop is also counted with the reason ``outbox_error``.
+    """
 
 
 class DeliveryError(EventsinkError):

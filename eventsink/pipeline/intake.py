@@ -8,7 +8,10 @@ the ``eventsink_enrich`` and ``eventsink_filter`` hooks. It runs on the writer's
 under a lock and wake the loop only when the buffer goes from empty to non-empty, so a burst of
 writes costs one cross-thread wake-up, not one per event. It also enforces ``max_events`` and
 ``max_bytes``: the number of undelivered events (one per sink) the pipeline will hold, and the
-bytes of their data (its JSON), with the overflow policy.
+bytes of their data (its JSON), with the overflow policy; and ``max_uncommitted``, the events
+accepted but not yet committed to the outbox, which are held in memory: beyond it writers wait
+for the next commit (``drop_newest`` drops instead), so a writer faster than the outbox never
+grows the process's memory.
 """
 
 from __future__ import annotations
@@ -125,8 +128,11 @@ class Intake:
         overflow: str,
         wake: Callable[[], None],
         max_bytes: int | None = None,
+        max_uncommitted: int | None = None,
     ) -> None:
         self.sink_count = sink_count
+        self.max_uncommitted = max_uncommitted
+        self.uncommitted = 0  # accepted, not yet committed (or dropped) by the writer
         self.capacity = capacity
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -159,12 +165,19 @@ class Intake:
             )
         return size
 
+    def _unsettled(self) -> bool:
+        return self.max_uncommitted is not None and self.uncommitted >= self.max_uncommitted
+
     def _full(self, size: int) -> bool:
+        if self._unsettled():
+            return True
         if self.rows + self.sink_count > self.capacity:
             return True
         return self.max_bytes is not None and self.bytes + size > self.max_bytes
 
     def _describe_full(self) -> str:
+        if self._unsettled():
+            return f"{self.max_uncommitted} events are waiting for the outbox (max_uncommitted)"
         if self.rows + self.sink_count > self.capacity:
             return f"the outbox holds its maximum of {self.capacity} undelivered events"
         return f"the outbox holds its maximum of {self.max_bytes:,} bytes of undelivered events"
@@ -175,6 +188,7 @@ class Intake:
         self.rows += self.sink_count
         self.bytes += size
         self.accepted += 1
+        self.uncommitted += 1
         return len(self._buffer) == 1
 
     def put(self, event: Event, *, block_timeout: float | None = None) -> None:
@@ -201,6 +215,14 @@ class Intake:
         elif self.overflow == "drop_newest":
             self.count_drop("overflow", 1)
             raise OverflowDropped(self._describe_full())
+        elif self._unsettled():  # drop_oldest drops committed rows: wait for the commit
+            if not self._space.wait_for(
+                lambda: not self._unsettled() or self.closed, timeout=block_timeout
+            ):
+                self.count_drop("overflow", 1)
+                raise OverflowDropped(self._describe_full())
+            if self.closed:
+                raise ClosedError("the pipeline is closed and accepts no more events")
         # drop_oldest: accept; the writer task drops the oldest rows after appending.
 
     async def put_async(self, event: Event, *, wait_committed: bool) -> None:
@@ -210,7 +232,11 @@ class Intake:
             with self._lock:
                 if self.closed:
                     raise ClosedError("the pipeline is closed and accepts no more events")
-                if not self._full(size) or self.overflow != "block":
+                if (
+                    not self._full(size)
+                    or self.overflow == "drop_newest"
+                    or (self.overflow == "drop_oldest" and not self._unsettled())
+                ):
                     if self._full(size) and self.overflow == "drop_newest":
                         self.count_drop("overflow", 1)
                         raise OverflowDropped(self._describe_full())
@@ -236,6 +262,14 @@ class Intake:
             events, self._buffer = self._buffer, []
             group, self._group = self._group, None
         return events, group
+
+    def committed(self, count: int) -> None:
+        """The writer has committed (or dropped) ``count`` taken events: make room."""
+        with self._lock:
+            self.uncommitted = max(0, self.uncommitted - count)
+            self._space.notify_all()
+        if self._space_async is not None:
+            self._space_async.set()
 
     def excess(self) -> int:
         """Rows to drop to be within both limits again (for ``drop_oldest``).

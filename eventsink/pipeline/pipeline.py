@@ -29,6 +29,7 @@ from platformdirs import user_data_dir
 from ..config import Settings
 from ..event import Event
 from ..metrics import MetricsServer, age_seconds, prometheus_text, register_otel, samples
+from ..exceptions import OutboxError
 from ..outbox import MemoryOutbox, Outbox
 from ..outbox.base import SinkBacklog
 from ..outbox.sqlite import SQLiteOutbox
@@ -37,6 +38,7 @@ from ..sink import Sink, call_maybe_sync
 from .history import STEP, SinkHistory
 from .intake import EventFactory, Intake
 from .lane import Lane
+from .pacing import LogThrottle
 
 logger = logging.getLogger("eventsink")
 
@@ -63,6 +65,10 @@ def sink_state(stats: Any, undelivered: int, now: float) -> str:
     if undelivered or (stats.last_success and now - stats.last_success < RECENT):
         return "ok"
     return "idle"
+#: Attempts to store a group before it is dropped (reason ``outbox_error``), about 3 s;
+#: while the outbox keeps failing, each later group gets one attempt.
+APPEND_ATTEMPTS = 5
+OUTBOX_LOG_INTERVAL = 60.0  # seconds between log lines about an outbox that cannot be written
 
 
 def default_outbox_path() -> Path:
@@ -119,6 +125,7 @@ class Pipeline:
             sink_count=len(self.sinks),
             capacity=settings.max_events or self.outbox.default_max_events,
             max_bytes=settings.max_bytes,
+            max_uncommitted=settings.max_uncommitted,
             overflow=settings.overflow,
             wake=self._wake_from_any_thread,
         )
@@ -151,6 +158,9 @@ class Pipeline:
         self._writer_task: asyncio.Task[None] | None = None
         self.started_at: float | None = None
         self.closed = False
+        #: Why the outbox cannot be written now (``None`` while it can), for status pages.
+        self.outbox_error: str | None = None
+        self._outbox_log = LogThrottle(OUTBOX_LOG_INTERVAL)
 
     def __repr__(self) -> str:
         return f"<Pipeline instance={self.settings.instance!r} sinks={self._names!r}>"
@@ -281,30 +291,91 @@ class Pipeline:
             await self._append_buffered()
 
     async def _append_buffered(self) -> None:
+        """Store one group of taken events; never retry one forever (a stall blocks all)."""
         events, group = self.intake.take()
+        error: OutboxError | None = None
         if events:
-            delay = 0.1
-            while True:
-                try:
-                    leased = await self.outbox.append(events, self._names, self._names)
-                    break
-                except Exception:
-                    logger.exception(
-                        "eventsink cannot store %d event(s) in the outbox; retrying in %.1fs",
-                        len(events),
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            for name, lane in self.lanes.items():
-                lane.offer(leased[name])
-            if self.settings.overflow == "drop_oldest":
+            storable = self._set_aside_unstorable(events)
+            stored, error = await self._store(storable)
+            self.intake.committed(len(events))
+            if stored is not None:
+                for name, lane in self.lanes.items():
+                    lane.offer(stored[name])
+            if stored is not None and self.settings.overflow == "drop_oldest":
                 try:
                     await self._drop_oldest()
                 except Exception:  # the next append tries again; the writer must go on
                     logger.exception("eventsink could not drop the oldest events")
         if group is not None and not group.done():
-            group.set_result(None)
+            if error is None:
+                group.set_result(None)
+            else:
+                group.set_exception(error)
+                group.add_done_callback(lambda done: done.exception())  # seen by no one: fine
+
+    def _set_aside_unstorable(self, events: list[Event]) -> list[Event]:
+        """Events whose data serialises; any other is dropped alone (reason ``unstorable``).
+
+        ``write()`` refuses what JSON cannot hold, so this only catches an event changed
+        after it was checked: it must not hold back the events behind it.
+        """
+        good = []
+        for event in events:
+            try:
+                event.data_json()
+                good.append(event)
+            except Exception as error:  # orjson.JSONEncodeError, TypeError...
+                logger.error(
+                    "eventsink set aside event %s for table %r: its data cannot be stored (%s)",
+                    event.id,
+                    event.table,
+                    error,
+                )
+                self._drop([event], "unstorable")
+        return good
+
+    async def _store(self, events: list[Event]) -> tuple[Any, OutboxError | None]:
+        """Append ``events`` with a bounded number of attempts; drop them if all fail.
+
+        Returns the leased handles (``None`` when dropped) and the error to give waiters.
+        """
+        if not events:
+            return None, None
+        attempts = 1 if self.outbox_error else APPEND_ATTEMPTS
+        delay = 0.1
+        for attempt in range(1, attempts + 1):
+            try:
+                leased = await self.outbox.append(events, self._names, self._names)
+            except Exception as error:
+                reason = _describe_outbox_error(error)
+                self.outbox_error = f"outbox cannot be written: {reason}"
+                if attempt == attempts:
+                    self._drop(events, "outbox_error", reason)
+                    return None, OutboxError(f"the event was not stored: {self.outbox_error}")
+                await asyncio.sleep(delay)
+                delay *= 2
+                continue
+            if self.outbox_error is not None:
+                logger.warning("eventsink: the outbox can be written again")
+                self.outbox_error = None
+            return leased, None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drop(self, events: Sequence[Event], reason: str, detail: str | None = None) -> None:
+        """Count ``events`` as dropped for ``reason``: never delivered, no longer owed."""
+        if detail is not None:
+            suppressed = self._outbox_log.allow(reason)
+            if suppressed is not None:
+                logger.warning(
+                    "eventsink dropped %d event(s): outbox cannot be written: %s%s",
+                    len(events),
+                    detail,
+                    f" ({suppressed} more such drops since the last message)" if suppressed else "",
+                )
+        self.intake.dropped[reason] += len(events)
+        for lane in self.lanes.values():
+            lane.settled += len(events)
+        self._settle(len(events) * len(self.lanes), events)
 
     async def _drop_oldest(self) -> None:
         while excess := self.intake.excess():
@@ -483,7 +554,11 @@ class Pipeline:
         return {
             "instance": self.settings.instance,
             "started": self.started_at,
-            "outbox": {"kind": type(self.outbox).__name__, "durable": self.outbox.durable},
+            "outbox": {
+                "kind": type(self.outbox).__name__,
+                "durable": self.outbox.durable,
+                "error": self.outbox_error,
+            },
             "accepted": self.intake.accepted,
             "dropped": dict(self.intake.dropped),
             "sinks": sinks,
@@ -511,3 +586,10 @@ class Pipeline:
                 logger.debug("eventsink could not read the backlog for the chart", exc_info=True)
             self._sample_history()
             await asyncio.sleep(STEP / 3)
+
+def _describe_outbox_error(error: BaseException) -> str:
+    """The OS's or SQLite's own words: "No space left on device", "database is locked"."""
+    text = str(error) or type(error).__name__
+    if "disk is full" in text.lower():
+        return f"No space left on device (SQLite: {text})"
+    return text
