@@ -11,25 +11,46 @@ loop. ``write`` returns the event's id at once: it never waits on the network. `
 until everything written so far is delivered; ``close`` (or leaving the ``with`` block) flushes
 with a deadline and stops. A client still open at interpreter exit is closed then, with a
 bounded deadline, and logs how many events it could not deliver.
+
+``write(..., wait=True)`` returns only once the event is committed to the outbox (it survives
+a crash from then on). A SIGTERM, when the application has not installed its own handler (and
+``handle_sigterm`` is on), is treated like Ctrl-C: the main thread stops with
+``SystemExit(143)`` (after the ``write()`` it may be in has returned), and the exit closes the
+client, which commits what was accepted and delivers it within the exit deadline.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pluggy
 
 from .builder import build
+from .config import Option
 from .exceptions import ClosedError
 from .hookspecs import hookimpl
+from .pipeline import signals
 from .pipeline.runner import PipelineRunner
 from .plugins import make_plugin_manager
 
 logger = logging.getLogger("eventsink")
 
 HANDLER_KINDS = ("send", "flush", "error")
+
+#: Options only the Python client has (see the configuration reference).
+CLIENT_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "handle_sigterm",
+        bool,
+        True,
+        "On SIGTERM (unless the application handles it), exit like Ctrl-C: commit and deliver "
+        "what write() accepted within the exit deadline. false: leave SIGTERM alone.",
+        nullable=False,
+    ),
+)
 
 
 class _Handlers:
@@ -75,12 +96,19 @@ class Client:
         self._handlers = _Handlers()
         self.pm.register(self._handlers)
         try:
-            self.pipeline = build({**(config or {}), **options}, entry_point="client", pm=self.pm)
+            self.pipeline = build(
+                {**(config or {}), **options},
+                entry_point="client",
+                pm=self.pm,
+                extra_options=CLIENT_OPTIONS,
+            )
             self._runner = PipelineRunner(self.pipeline, name="eventsink-client").start()
         except BaseException:
             self.pm.unregister(self._handlers)
             raise
         self.settings = self.pipeline.settings
+        if self.settings.extra["handle_sigterm"]:
+            signals.install_sigterm_exit()
 
     def __repr__(self) -> str:
         state = "closed" if self._runner.closed else "open"
@@ -89,15 +117,34 @@ class Client:
 
     # -- the API ---------------------------------------------------------------------------
 
-    def write(self, table: str, data: Mapping[str, Any]) -> str | None:
+    def write(self, table: str, data: Mapping[str, Any], *, wait: bool = False) -> str | None:
         """Queue one event for ``table``; return its id, or ``None`` if a filter dropped it.
 
+        With ``wait=True`` it returns only once the event is committed to the outbox, so it
+        survives a crash or a SIGTERM from then on (a durable outbox; about one commit of
+        latency). Without, up to ``max_uncommitted`` accepted events live in memory only
+        until the next commit, a few milliseconds later.
+
         Raises :class:`~eventsink.exceptions.EventError` (naming the field) for data JSON
-        cannot hold, :class:`~eventsink.exceptions.ClosedError` after :meth:`close`.
+        cannot hold, :class:`~eventsink.exceptions.ClosedError` after :meth:`close`, and with
+        ``wait=True`` :class:`~eventsink.exceptions.OutboxError` when the outbox could not
+        store it.
         """
         if self._runner.closed:
             raise ClosedError("this client is closed")
-        return self.pipeline.write(table, data)
+        state = signals.STATE
+        main = state.installed and threading.get_ident() == signals.MAIN_THREAD_ID
+        if main:
+            state.writing += 1  # a SIGTERM now is held until this write returns
+        try:
+            if wait:
+                return self._run(self.pipeline.write_async(table, data, wait_committed=True))
+            return self.pipeline.write(table, data)
+        finally:
+            if main:
+                state.writing -= 1
+                if state.pending and not state.writing:
+                    state.exit()
 
     def on(self, kind: str, handler: Callable[..., Any]) -> Callable[..., Any]:
         """Call ``handler`` on ``"send"``, ``"flush"`` or ``"error"``; returns ``handler``.

@@ -41,7 +41,9 @@ END = "<!-- docgen:end {} -->"
 
 #: Further option lists to document: (block name, heading, "module:attribute"). A list that
 #: cannot be imported (an optional extra not installed) is left out with a note.
-EXTRA_OPTION_SETS: list[tuple[str, str, str]] = []
+EXTRA_OPTION_SETS: list[tuple[str, str, str]] = [
+    ("client", "Python client (`eventsink.Client`)", "eventsink.client:CLIENT_OPTIONS"),
+]
 
 
 def builtin(classes: dict[str, type]) -> dict[str, type]:

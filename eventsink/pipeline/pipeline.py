@@ -28,8 +28,8 @@ from platformdirs import user_data_dir
 
 from ..config import Settings
 from ..event import Event
-from ..metrics import MetricsServer, age_seconds, prometheus_text, register_otel, samples
 from ..exceptions import OutboxError
+from ..metrics import MetricsServer, age_seconds, prometheus_text, register_otel, samples
 from ..outbox import MemoryOutbox, Outbox
 from ..outbox.base import SinkBacklog
 from ..outbox.sqlite import SQLiteOutbox
@@ -65,6 +65,8 @@ def sink_state(stats: Any, undelivered: int, now: float) -> str:
     if undelivered or (stats.last_success and now - stats.last_success < RECENT):
         return "ok"
     return "idle"
+
+
 #: Attempts to store a group before it is dropped (reason ``outbox_error``), about 3 s;
 #: while the outbox keeps failing, each later group gets one attempt.
 APPEND_ATTEMPTS = 5
@@ -586,6 +588,7 @@ class Pipeline:
                 logger.debug("eventsink could not read the backlog for the chart", exc_info=True)
             self._sample_history()
             await asyncio.sleep(STEP / 3)
+
 
 def _describe_outbox_error(error: BaseException) -> str:
     """The OS's or SQLite's own words: "No space left on device", "database is locked"."""
