@@ -97,11 +97,14 @@ async def status_document(datasette: Any) -> dict[str, Any]:
         error = sink["last_error"]
         if error:
             error["at"] = _when(error.get("time"))
-        letters = (
-            await pipeline.outbox.dead_letters(sink=name, limit=DEAD_LETTER_SCAN)
-            if sink["dead_letters"]
-            else []
-        )
+        try:
+            letters = (
+                await pipeline.outbox.dead_letters(sink=name, limit=DEAD_LETTER_SCAN)
+                if sink["dead_letters"]
+                else []
+            )
+        except Exception:  # the outbox cannot be read (disk full): the page still renders
+            letters = []
         sink["recent_dead_letters"] = [
             {
                 "id": letter.event.id,

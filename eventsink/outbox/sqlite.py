@@ -154,10 +154,13 @@ class ThreadRunner(Runner):
         connection.execute("begin immediate")
         try:
             result = fn(connection)
+            connection.execute("commit")
         except BaseException:
-            connection.execute("rollback")
+            # A commit refused (disk full) leaves the transaction open: end it, or every later
+            # call fails with "cannot start a transaction within a transaction".
+            if connection.in_transaction:
+                connection.execute("rollback")
             raise
-        connection.execute("commit")
         return result
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -314,6 +317,8 @@ class SQLiteOutbox(Outbox):
             await asyncio.sleep(min(HEARTBEAT_SECONDS, self.lease_seconds / 3))
             try:
                 await self._run(renew)
+            except sqlite3.OperationalError as error:  # disk full, locked: one line, no trace
+                logger.warning("eventsink outbox: renewing this process's hold failed: %s", error)
             except Exception:
                 logger.exception("eventsink outbox: renewing this process's hold failed")
 
@@ -394,10 +399,16 @@ class SQLiteOutbox(Outbox):
             self._ack_flush = asyncio.ensure_future(self._flush_acks_later())
 
     async def _flush_acks_later(self) -> None:
+        delay = ACK_DELAY
         try:
             while self._acked:  # acks that arrive during a flush are flushed too
-                await asyncio.sleep(ACK_DELAY)
-                await self._run(lambda connection: None)
+                await asyncio.sleep(delay)
+                try:
+                    await self._run(lambda connection: None)
+                    delay = ACK_DELAY
+                except Exception as error:  # a full disk: kept for the next transaction
+                    logger.debug("eventsink could not delete acknowledged rows yet: %s", error)
+                    delay = 1.0
         finally:
             self._ack_flush = None
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -269,11 +270,9 @@ class Lane:
                     break
                 try:
                     leased = await self._next_batch(limit)
-                except Exception:  # e.g. another process held the write lock for 30 s
-                    logger.exception(
-                        "eventsink sink %s: reading the outbox failed; trying again in %.0fs",
-                        self.label,
-                        OUTBOX_RETRY_DELAY,
+                except Exception as error:  # e.g. another process held the lock for 30 s
+                    self._log_outbox_failure(
+                        error, "reading the outbox failed; trying again in %.0fs"
                     )
                     if await self._sleep_unless_stopped(OUTBOX_RETRY_DELAY):
                         break
@@ -308,15 +307,12 @@ class Lane:
     async def _send_in_slot(self, leased: Leased, slots: asyncio.Semaphore) -> None:
         try:
             await self.deliver(leased)
-        except Exception:
+        except Exception as error:
             # Not a sink failure (deliver handles those): the outbox failed to record an
             # outcome. The batch is still leased to this process, so it is sent again later
             # rather than stranded until a restart; a repeat is absorbed by the ids.
-            logger.exception(
-                "eventsink sink %s: the outbox failed while delivering a batch; it is sent "
-                "again in %.0fs",
-                self.label,
-                OUTBOX_RETRY_DELAY,
+            self._log_outbox_failure(
+                error, "the outbox failed while delivering a batch; it is sent again in %.0fs"
             )
             if not await self._sleep_unless_stopped(OUTBOX_RETRY_DELAY):
                 self._hot.appendleft(leased)
@@ -324,6 +320,23 @@ class Lane:
                 self._ready.set()
         finally:
             slots.release()
+
+    def _log_outbox_failure(self, error: Exception, what: str) -> None:
+        """Log an outbox failure: SQLite's own (disk full, read-only, locked) as one line a
+        minute, which a full disk would otherwise turn into a traceback a second; any other
+        with its traceback."""
+        if not isinstance(error, sqlite3.OperationalError):
+            logger.exception("eventsink sink %s: " + what, self.label, OUTBOX_RETRY_DELAY)
+            return
+        suppressed = self._log.allow("outbox")
+        if suppressed is not None:
+            logger.warning(
+                "eventsink sink %s: " + what + " (%s)%s",
+                self.label,
+                OUTBOX_RETRY_DELAY,
+                error,
+                f"; {suppressed} more since the last message" if suppressed else "",
+            )
 
     async def _lease_backlog(self, limit: int) -> Leased | None:
         leased = await self.outbox.lease(self.name, limit)

@@ -162,6 +162,7 @@ class Pipeline:
         self.closed = False
         #: Why the outbox cannot be written now (``None`` while it can), for status pages.
         self.outbox_error: str | None = None
+        self._read_error: str | None = None  # the last status() could not read the outbox
         self._outbox_log = LogThrottle(OUTBOX_LOG_INTERVAL)
 
     def __repr__(self) -> str:
@@ -469,7 +470,10 @@ class Pipeline:
         left = 0 if delivered_all else self.intake.rows
         if self.metrics_server is not None:
             await self.metrics_server.close()
-        await self.outbox.close()
+        try:
+            await self.outbox.close()
+        except Exception as error:  # e.g. a full disk: the next start reclaims what it held
+            logger.warning("eventsink could not close the outbox cleanly: %s", error)
         if left:
             where = "kept in the outbox" if self.outbox.durable else "lost (in-memory outbox)"
             logger.warning("eventsink closed with %d undelivered event(s), %s", left, where)
@@ -517,7 +521,11 @@ class Pipeline:
         sink at a glance (see :func:`sink_state`), ``series`` its last hour (see
         :mod:`eventsink.pipeline.history`).
         """
-        self._backlog = await self.outbox.backlog()
+        try:
+            self._backlog = await self.outbox.backlog()
+            self._read_error = None
+        except Exception as error:  # a full disk: the page must still say what is going on
+            self._read_error = f"outbox cannot be read: {_describe_outbox_error(error)}"
         return self.status_snapshot()
 
     def status_snapshot(self) -> dict[str, Any]:
@@ -559,7 +567,7 @@ class Pipeline:
             "outbox": {
                 "kind": type(self.outbox).__name__,
                 "durable": self.outbox.durable,
-                "error": self.outbox_error,
+                "error": self.outbox_error or self._read_error,
             },
             "accepted": self.intake.accepted,
             "dropped": dict(self.intake.dropped),
