@@ -114,8 +114,9 @@ def build(
     """A :class:`~eventsink.Pipeline` for ``config``, not started yet.
 
     ``config`` is the configuration dict (validated here, see :func:`configure`) or Settings
-    :func:`configure` returned. ``entry_point`` picks the defaults of one way in (``client``,
-    ``cli``, ``send``, ``pull``, ``consume``, ``datasette``; see
+    :func:`configure` returned (its sinks keep the names in it: naming a sink after its
+    destination needs the configuration dict). ``entry_point`` picks the defaults of one way
+    in (``client``, ``cli``, ``send``, ``pull``, ``consume``, ``datasette``; see
     :data:`eventsink.config.ENTRY_POINTS`). ``pm`` is the plugin manager whose sinks and hooks
     the pipeline uses (a fresh one by default). ``outbox`` replaces the outbox the settings
     name (the Datasette plugin's internal database).

@@ -140,10 +140,6 @@ class TestSinkNames:
 class TestBuild:
     """build() gives an unstarted Pipeline whose sinks are the configured ones."""
 
-    def test_is_public(self):
-        assert eventsink.build is build
-        assert "build" in eventsink.__all__
-
     def test_builds_a_pipeline_with_the_plugin_manager_given(self, tmp_path):
         pm = eventsink.testing.plugin_manager(entry_points=False)
         pipeline = build({"sink": "memory", "outbox": ":memory:"}, pm=pm)

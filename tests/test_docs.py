@@ -126,6 +126,13 @@ class TestPublicApi:
         value = getattr(importlib.import_module("eventsink"), name)
         assert value.__doc__, f"eventsink.{name} has no docstring"
 
+    def test_the_construction_path_is_public(self) -> None:
+        """eventsink.build (the one way to build a pipeline) is exported beside Client."""
+        from eventsink.builder import build
+
+        assert {"Client", "Pipeline", "build"} <= set(eventsink.__all__)
+        assert eventsink.build is build
+
     def test_testing_all_is_sorted_and_importable(self) -> None:
         """eventsink.testing's __all__ is sorted and every name resolves."""
         import eventsink.testing as testing
