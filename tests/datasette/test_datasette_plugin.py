@@ -253,6 +253,7 @@ class TestReceiverErrors:
                 await pipeline.close(timeout=0)
         assert token not in caplog.text and "create-table" in caplog.text
 
+    @pytest.mark.slow  # Datasette takes seconds (3-8 s here) to answer 404 for a missing database
     async def test_wrong_database_dead_letters(self, tmp_path, receiver, caplog):
         config = {"api_url": f"{receiver.url}/missing/-/create", "api_token": receiver.token}
         with caplog.at_level(logging.INFO, logger="eventsink"):

@@ -182,6 +182,7 @@ class TestRealReceiver:
         assert caught.value.status == 403
         assert "insert-row" in str(caught.value) and token not in str(caught.value)
 
+    @pytest.mark.slow  # Datasette takes seconds (3-8 s here) to answer 404 for a missing database
     async def test_wrong_database_is_permanent(self, receiver):
         sink = DatasetteSink(api_url=f"{receiver.url}/nope/-/create", api_token=receiver.token)
         with pytest.raises(PermanentError) as caught:
