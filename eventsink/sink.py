@@ -78,6 +78,27 @@ class Sink:
     async def close(self) -> None:
         """Release resources. Called once at shutdown, also after a failed ``open``."""
 
+    @property
+    def destination(self) -> str:
+        """Where this sink's events go: the key of its pending events in the outbox.
+
+        Two sinks with the same destination deliver to the same place, so events one process
+        left in a shared outbox are delivered only by a sink with the same destination (never
+        by one that merely has the same configured name). It is the sink type plus the options
+        that say *where*, a short readable string such as ``sqlite /home/ada/events.db``,
+        shown in status output; it never includes a secret.
+
+        The default is the type followed by every non-secret option of type ``str`` that is
+        set (``print prefix=>``). Sinks override it to name only the options that choose the
+        receiver, so that changing, say, a timeout does not orphan pending events.
+        """
+        parts = [self.name]
+        for option in self.options:
+            value = self.config.get(option.name)
+            if option.kind is str and not option.secret and value not in (None, ""):
+                parts.append(f"{option.name}={value}")
+        return " ".join(parts)
+
     def describe(self) -> str:
         """Where this sink delivers, for logs and status pages. Never includes secrets."""
         return self.name

@@ -211,6 +211,11 @@ class DatasetteSink(Sink):
             await self._client.aclose()
             self._client = None
 
+    @property
+    def destination(self) -> str:
+        where = f"datasette {_without_secrets(self.config['api_url'])}"
+        return f"{where} table {self.config['table']}" if self.config["table"] else where
+
     def describe(self) -> str:
         return _without_secrets(self.config["api_url"])
 

@@ -77,6 +77,10 @@ class FileSink(Sink):
     def close(self) -> None:
         self._close_file()
 
+    @property
+    def destination(self) -> str:
+        return f"file {self.path.resolve()}"
+
     def describe(self) -> str:
         return f"file {self.path}"
 

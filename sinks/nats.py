@@ -207,6 +207,13 @@ class NatsSink(Sink):
                 await self._nc.close()
         self._nc = None
 
+    @property
+    def destination(self) -> str:
+        return (
+            f"nats {describe_servers(self.config['servers'])} stream {self.config['stream']} "
+            f"subject {self.config['subject']}"
+        )
+
     def describe(self) -> str:
         return f"nats {describe_servers(self.config['servers'])} stream {self.config['stream']}"
 

@@ -168,9 +168,13 @@ class SQLiteSink(Sink):
             self._db.conn.close()
             self._db = None
 
-    def describe(self) -> str:
+    @property
+    def destination(self) -> str:
         where = f"sqlite {self.path.resolve()}"
         return f"{where} table {self.config['table']}" if self.config["table"] else where
+
+    def describe(self) -> str:
+        return self.destination
 
 
 def _row(event: Event) -> dict[str, tuple[str, Any]]:

@@ -44,6 +44,10 @@ class StdoutSink(Sink):
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    @property
+    def destination(self) -> str:
+        return "stdout"  # one place per process: where it goes does not depend on options
+
 
 @hookimpl
 def eventsink_register_sinks() -> list[type]:
