@@ -30,7 +30,7 @@ async def _move(path: str, wanted: str | None, since: str | None) -> dict[str, i
         names = [name for name in await outbox.backlog() if _matches(name, wanted)]
         moved: dict[str, int] = {}
         for name in names:
-            for sink, count in (await outbox.replay(sink=name, since=since)).items():
+            for sink, count in (await outbox.replay(destination=name, since=since)).items():
                 moved[sink] = moved.get(sink, 0) + count
         return moved
     finally:

@@ -92,14 +92,14 @@ async def status_document(datasette: Any) -> dict[str, Any]:
         }
     document = await pipeline.status()
     now = time.time()
-    for name, sink in document["sinks"].items():
+    for sink in document["sinks"].values():
         sink["last_success_at"] = _when(sink["last_success"])
         error = sink["last_error"]
         if error:
             error["at"] = _when(error.get("time"))
         try:
             letters = (
-                await pipeline.outbox.dead_letters(sink=name, limit=DEAD_LETTER_SCAN)
+                await pipeline.outbox.dead_letters(sink["destination"], limit=DEAD_LETTER_SCAN)
                 if sink["dead_letters"]
                 else []
             )
@@ -189,7 +189,8 @@ async def replay(datasette: Any, request: Any) -> Response:
         ids = None
         if "error" in form:
             wanted = (int(form["status"]) if form.get("status") else None, form["error"])
-            letters = await pipeline.outbox.dead_letters(sink=sink, limit=DEAD_LETTER_SCAN)
+            destination = pipeline.lanes[sink].destination if sink is not None else None
+            letters = await pipeline.outbox.dead_letters(destination, limit=DEAD_LETTER_SCAN)
             ids = [
                 letter.event.id
                 for letter in letters

@@ -1,9 +1,10 @@
 """Where events wait until a sink confirms them: the outbox interface.
 
-The pipeline appends every accepted event once per configured sink, leased at once to this
-process; each sink's lane takes a batch, hands it to the sink, and on confirmation *acks* it
-(removes it). Events nobody holds (left by an earlier run, or replayed) are *leased* a batch at
-a time. A retryable failure
+The pipeline appends every accepted event once per configured sink's *destination* (see
+:attr:`eventsink.Sink.destination`: where the events go, such as ``sqlite /home/ada/a.db``, not
+the name the configuration gives the sink), leased at once to this process; each sink's lane
+takes a batch, hands it to the sink, and on confirmation *acks* it (removes it). Events nobody
+holds (left by an earlier run, or replayed) are *leased* a batch at a time. A retryable failure
 keeps the batch leased while the lane backs off; a permanent one moves it to the dead-letter
 store, from which :meth:`Outbox.replay` moves it back.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,14 +71,14 @@ class Failure:
 class DeadLetter:
     """One dead-lettered event with the failure that put it there."""
 
-    sink: str
+    destination: str
     event: Event
     failure: Failure
 
 
 @dataclass
 class SinkBacklog:
-    """What the outbox holds for one sink."""
+    """What the outbox holds for one destination."""
 
     pending: int = 0
     in_flight: int = 0
@@ -90,8 +91,9 @@ class SinkBacklog:
 class Outbox(ABC):
     """The durable buffer between the writers and the sinks' lanes.
 
-    All methods are coroutines run on the pipeline's event loop. ``sink`` arguments are the
-    configured sink *names* (which key each event's delivery).
+    All methods are coroutines run on the pipeline's event loop. ``destination`` arguments are
+    the sinks' :attr:`~eventsink.Sink.destination` strings, which key each event's delivery:
+    events left by one process are delivered only by a sink with the same destination.
     """
 
     #: True when other processes may append to or lease from the same outbox, so lanes must
@@ -111,65 +113,86 @@ class Outbox(ABC):
     )
 
     @abstractmethod
-    async def open(self, sinks: Sequence[str]) -> dict[str, SinkBacklog]:
-        """Prepare storage, reclaim leases of dead processes; return each sink's backlog."""
+    async def open(
+        self, destinations: Mapping[str, str] | Sequence[str] = ()
+    ) -> dict[str, SinkBacklog]:
+        """Prepare storage, reclaim leases of dead processes; return each destination's backlog.
+
+        ``destinations`` maps each destination this process delivers to onto the configured
+        name of its sink (a plain sequence: destinations named after themselves). A durable
+        outbox records them so that status output can tell destinations nobody serves.
+        """
 
     @abstractmethod
     async def append(
-        self, events: Sequence[Event], sinks: Sequence[str], lease_for: Sequence[str] = ()
+        self, events: Sequence[Event], destinations: Sequence[str], lease_for: Sequence[str] = ()
     ) -> dict[str, Leased]:
-        """Store ``events`` once for each sink, in one commit.
+        """Store ``events`` once for each destination, in one commit.
 
-        For the sinks in ``lease_for`` the new rows are leased by this process at once and
+        For the destinations in ``lease_for`` the new rows are leased by this process at once and
         returned (no other process takes them), so the lane delivers them from memory, or
         reads them back with :meth:`read_leased` when it holds more than it keeps in memory.
         """
 
     @abstractmethod
-    async def lease(self, sink: str, limit: int) -> Leased | None:
-        """Lease up to ``limit`` of the oldest unleased events of ``sink``; ``None`` if none."""
+    async def lease(self, destination: str, limit: int) -> Leased | None:
+        """Up to ``limit`` of the oldest unleased events of ``destination``; ``None`` if none."""
 
-    async def read_leased(self, sink: str, first: int, last: int, limit: int) -> Leased | None:
+    async def read_leased(
+        self, destination: str, first: int, last: int, limit: int
+    ) -> Leased | None:
         """Up to ``limit`` of the events leased at append with handles from ``first`` to
         ``last``, oldest first (events leased later with :meth:`lease` are not included)."""
         raise NotImplementedError(f"{type(self).__name__} keeps leased events in memory")
 
     @abstractmethod
-    async def ack(self, sink: str, leased: Leased) -> None:
+    async def ack(self, destination: str, leased: Leased) -> None:
         """The sink confirmed ``leased``: remove it."""
 
     @abstractmethod
-    async def record_failure(self, sink: str, leased: Leased, failure: Failure) -> None:
+    async def record_failure(self, destination: str, leased: Leased, failure: Failure) -> None:
         """Remember a failed attempt (attempts, last error and status) with the events."""
 
     @abstractmethod
-    async def release(self, sink: str, leased: Leased) -> None:
+    async def release(self, destination: str, leased: Leased) -> None:
         """Give ``leased`` back undelivered, for this or another process to lease again."""
 
     @abstractmethod
-    async def dead_letter(self, sink: str, leased: Leased, failure: Failure) -> None:
+    async def dead_letter(self, destination: str, leased: Leased, failure: Failure) -> None:
         """Move ``leased`` to the dead-letter store with ``failure``."""
 
     @abstractmethod
-    async def drop_oldest(self, sink: str, count: int) -> list[Event]:
-        """Remove up to ``count`` of the oldest unleased events of ``sink`` (overflow)."""
+    async def drop_oldest(self, destination: str, count: int) -> list[Event]:
+        """Remove up to ``count`` of the oldest unleased events of ``destination`` (overflow)."""
 
     @abstractmethod
     async def replay(
-        self, sink: str | None = None, since: str | None = None, ids: Sequence[str] | None = None
+        self,
+        destination: str | None = None,
+        since: str | None = None,
+        ids: Sequence[str] | None = None,
     ) -> dict[str, int]:
-        """Move dead letters back to be delivered again; return how many, by sink.
+        """Move dead letters back to be delivered again; return how many, by destination.
 
         ``since`` (a ULID) keeps those whose id sorts at or after it; ``ids`` picks exact ones.
         """
 
     @abstractmethod
     async def backlog(self) -> dict[str, SinkBacklog]:
-        """Every sink's backlog (sinks with dead letters only are included)."""
+        """Every destination's backlog (destinations with dead letters only are included)."""
 
     @abstractmethod
-    async def dead_letters(self, sink: str | None = None, limit: int = 100) -> list[DeadLetter]:
+    async def dead_letters(
+        self, destination: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
+
+    async def serving(self) -> dict[str, list[str]]:
+        """The destinations live processes deliver to, each with its sinks' configured names.
+
+        A destination with pending events that is not here has no process delivering it.
+        """
+        return {}
 
     async def close(self) -> None:  # noqa: B027  # optional: nothing to release by default
         """Release leases held by this process and close storage."""

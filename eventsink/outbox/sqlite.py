@@ -24,6 +24,18 @@ by a range of ``seq`` never picks up a claimed one. A
 holder proves it is alive by renewing one row in ``eventsink_owners`` every ``HEARTBEAT_SECONDS``
 and looks for holders that died: the rows of a holder on this host whose process is gone return
 to everyone within a heartbeat, those of a holder that stopped renewing after ``lease_seconds``.
+
+Rows are keyed by *destination* (:attr:`eventsink.Sink.destination`, e.g. ``sqlite
+/home/ada/a.db``), so a process delivers only the events left for where its sinks deliver. Each
+live holder lists the destinations it serves in ``eventsink_serving``; ``eventsink status``
+names the destinations with pending events that nobody serves, and ``eventsink outbox move`` /
+``drop`` deal with them on purpose.
+
+Schema versions (``eventsink_meta.schema_version``): 1 (no meta table) keyed rows by the
+configured sink *name*; 2 keys them by destination. Opening a version 1 file renames the
+column and remembers every old name in ``eventsink_legacy_keys``; the first process that
+configures a sink with one of those names adopts its rows for that sink's destination, once,
+and says so in the log.
 """
 
 from __future__ import annotations
@@ -36,12 +48,13 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from itertools import chain
 from typing import Any, TypeVar
 
 from ..event import Event
+from ..exceptions import ConfigError
 from ..pipeline.threads import WorkerThreads
 from ..sqlite_files import connect
 from .base import DeadLetter, Failure, Leased, Outbox, SinkBacklog
@@ -50,10 +63,12 @@ T = TypeVar("T")
 
 logger = logging.getLogger("eventsink")
 
+SCHEMA_VERSION = 2
+
 SCHEMA = """
 create table if not exists eventsink_outbox (
     seq integer primary key,
-    sink text not null,
+    destination text not null,
     id text not null,
     table_name text not null,
     instance text not null,
@@ -66,11 +81,11 @@ create table if not exists eventsink_outbox (
     last_status integer,
     paused integer not null default 0
 );
-create index if not exists eventsink_outbox_unleased on eventsink_outbox (sink, seq)
+create index if not exists eventsink_outbox_unleased on eventsink_outbox (destination, seq)
     where lease_owner is null;
 create table if not exists eventsink_dead_letters (
     seq integer primary key autoincrement,
-    sink text not null,
+    destination text not null,
     id text not null,
     table_name text not null,
     instance text not null,
@@ -82,10 +97,24 @@ create table if not exists eventsink_dead_letters (
     first_failure real,
     last_failure real
 );
-create index if not exists eventsink_dead_letters_sink on eventsink_dead_letters (sink, id);
+create index if not exists eventsink_dead_letters_sink on eventsink_dead_letters
+    (destination, id);
 create table if not exists eventsink_owners (
     owner text primary key,
     until real not null
+);
+create table if not exists eventsink_serving (
+    owner text not null,
+    destination text not null,
+    name text not null,
+    primary key (owner, destination)
+);
+create table if not exists eventsink_legacy_keys (
+    key text primary key
+);
+create table if not exists eventsink_meta (
+    key text primary key,
+    value
 );
 """
 
@@ -103,9 +132,101 @@ _INSERT_ROWS = 100  # rows per multi-row insert: 800 parameters, under the old l
 @cache
 def _insert_sql(rows: int) -> str:
     return (
-        "insert into eventsink_outbox (sink, id, table_name, instance, created, data, "
+        "insert into eventsink_outbox (destination, id, table_name, instance, created, data, "
         "lease_owner) values " + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
     )
+
+
+def _tables(connection: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in connection.execute("select name from sqlite_master")}
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    """The outbox schema version of a database: 0 when it holds no outbox yet."""
+    tables = _tables(connection)
+    if "eventsink_meta" in tables:
+        row = connection.execute(
+            "select value from eventsink_meta where key = 'schema_version'"
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+    return 1 if "eventsink_outbox" in tables else 0
+
+
+def ensure_schema(connection: sqlite3.Connection, where: str) -> None:
+    """Create the outbox tables, or bring an older outbox to :data:`SCHEMA_VERSION`.
+
+    Raises :class:`~eventsink.exceptions.ConfigError` for an outbox written by a newer
+    eventsink, which this one would misread.
+    """
+    version = schema_version(connection)
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"outbox {where} has schema version {version}; this eventsink understands up to "
+            f"{SCHEMA_VERSION}: upgrade eventsink",
+            key="outbox",
+        )
+    if version == SCHEMA_VERSION:
+        return
+    if version == 1:
+        # Rows were keyed by the configured sink name: keep every name, to be adopted by the
+        # first sink configured with it (see SQLiteOutbox.open).
+        for table in ("eventsink_outbox", "eventsink_dead_letters"):
+            connection.execute(f"alter table {table} rename column sink to destination")
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+    if version == 1:
+        connection.execute(
+            "insert or ignore into eventsink_legacy_keys (key) select distinct destination "
+            "from eventsink_outbox union select distinct destination from eventsink_dead_letters"
+        )
+        logger.info(
+            "eventsink outbox %s: upgraded from schema version 1 (rows keyed by sink name) to "
+            "%d (rows keyed by destination)",
+            where,
+            SCHEMA_VERSION,
+        )
+    connection.execute(
+        "insert or replace into eventsink_meta (key, value) values ('schema_version', ?)",
+        [SCHEMA_VERSION],
+    )
+
+
+def _adopt_legacy(connection: sqlite3.Connection, destinations: Mapping[str, str]) -> None:
+    """Give rows keyed by an old sink name to the destination of the sink now so named."""
+    legacy = {row[0] for row in connection.execute("select key from eventsink_legacy_keys")}
+    for destination, name in destinations.items():
+        if name not in legacy:
+            continue
+        counts = [
+            connection.execute(
+                f"update {table} set destination = ? where destination = ?", [destination, name]
+            ).rowcount
+            if name != destination
+            else 0
+            for table in ("eventsink_outbox", "eventsink_dead_letters")
+        ]
+        connection.execute("delete from eventsink_legacy_keys where key = ?", [name])
+        if any(counts):
+            logger.info(
+                "eventsink outbox: %d pending event(s) and %d dead letter(s) kept under the old "
+                "sink name %r now belong to destination %r (once; move them with 'eventsink "
+                "outbox move' if they were meant for another)",
+                counts[0],
+                counts[1],
+                name,
+                destination,
+            )
+
+
+def _live_owners(connection: sqlite3.Connection, host: str, now: float) -> list[str]:
+    """Owners that renewed in time and, on this host, whose process still runs."""
+    return [
+        owner
+        for owner, until in connection.execute("select owner, until from eventsink_owners")
+        if until >= now and not _owner_is_dead(owner, host)
+    ]
 
 
 def _leased(rows: list[tuple[Any, ...]]) -> Leased | None:
@@ -218,6 +339,9 @@ def _forget_dead_owners(
         if owner not in mine and (until < now or _owner_is_dead(owner, host))
     ]
     connection.executemany("delete from eventsink_owners where owner = ?", dead)
+    connection.execute(
+        "delete from eventsink_serving where owner not in (select owner from eventsink_owners)"
+    )
     return len(dead)
 
 
@@ -263,18 +387,27 @@ class SQLiteOutbox(Outbox):
     def __repr__(self) -> str:
         return f"<SQLiteOutbox {self.path or self.runner!r}>"
 
-    async def open(self, sinks: Sequence[str]) -> dict[str, SinkBacklog]:
+    async def open(
+        self, destinations: Mapping[str, str] | Sequence[str] = ()
+    ) -> dict[str, SinkBacklog]:
         names, host = (self.owner, self.claimer), self._host
-        _OPEN_OWNERS.add(self.owner)
+        if not isinstance(destinations, Mapping):
+            destinations = {destination: destination for destination in destinations}
+        serving = [(self.owner, destination, name) for destination, name in destinations.items()]
+        where = self.path or repr(self.runner)
 
         def prepare(connection: sqlite3.Connection) -> None:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+            ensure_schema(connection, where)
+            _adopt_legacy(connection, destinations)
             now = time.time()
             connection.executemany(
                 "insert or replace into eventsink_owners (owner, until) values (?, ?)",
                 [(name, now + self.lease_seconds) for name in names],
+            )
+            connection.executemany(
+                "insert or replace into eventsink_serving (owner, destination, name) "
+                "values (?, ?, ?)",
+                serving,
             )
             _forget_dead_owners(connection, names, host, now)
             released = _release_orphans(connection)
@@ -284,7 +417,12 @@ class SQLiteOutbox(Outbox):
                     released,
                 )
 
-        await self._run(prepare)
+        _OPEN_OWNERS.add(self.owner)
+        try:
+            await self._run(prepare)
+        except BaseException:
+            _OPEN_OWNERS.discard(self.owner)
+            raise
         self._heartbeat = asyncio.ensure_future(self._keep_alive())
         return await self.backlog()
 
@@ -323,7 +461,7 @@ class SQLiteOutbox(Outbox):
                 logger.exception("eventsink outbox: renewing this process's hold failed")
 
     async def append(
-        self, events: Sequence[Event], sinks: Sequence[str], lease_for: Sequence[str] = ()
+        self, events: Sequence[Event], destinations: Sequence[str], lease_for: Sequence[str] = ()
     ) -> dict[str, Leased]:
         values = [
             (event.id, event.table, event.instance, event.created, event.data_json())
@@ -333,50 +471,52 @@ class SQLiteOutbox(Outbox):
 
         def insert(connection: sqlite3.Connection) -> dict[str, range]:
             handles = {}
-            for sink in sinks:
-                holder = owner if sink in lease_for else None
-                rows = [(sink, *row, holder) for row in values]
+            for destination in destinations:
+                holder = owner if destination in lease_for else None
+                rows = [(destination, *row, holder) for row in values]
                 for chunk in _chunks(rows, _INSERT_ROWS):
                     # One multi-row statement is one sqlite3_step, so one release of the GIL
                     # instead of one per row: on a busy core each release can cost a thread
                     # switch interval before the GIL comes back.
                     cursor = connection.execute(_insert_sql(len(chunk)), list(chain(*chunk)))
-                if sink in lease_for:
+                if destination in lease_for:
                     # One writer inside one transaction: the rowids just made are contiguous.
                     last = cursor.lastrowid
-                    handles[sink] = range(last - len(values) + 1, last + 1)
+                    handles[destination] = range(last - len(values) + 1, last + 1)
             return handles
 
         handles = await self._run(insert)
-        return {sink: Leased(list(events), seqs) for sink, seqs in handles.items()}
+        return {key: Leased(list(events), seqs) for key, seqs in handles.items()}
 
-    async def lease(self, sink: str, limit: int) -> Leased | None:
+    async def lease(self, destination: str, limit: int) -> Leased | None:
         owner = self.claimer
 
         def claim(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return connection.execute(
                 "update eventsink_outbox set lease_owner = ? "
-                "where seq in (select seq from eventsink_outbox where sink = ? and "
+                "where seq in (select seq from eventsink_outbox where destination = ? and "
                 "lease_owner is null order by seq limit ?) "
                 f"returning seq, {_COLUMNS}, attempts, first_failure",
-                [owner, sink, limit],
+                [owner, destination, limit],
             ).fetchall()
 
         rows = await self._run(claim)
         rows.sort(key=lambda row: row[0])  # RETURNING gives no order guarantee
         return _leased(rows)
 
-    async def read_leased(self, sink: str, first: int, last: int, limit: int) -> Leased | None:
+    async def read_leased(
+        self, destination: str, first: int, last: int, limit: int
+    ) -> Leased | None:
         owner = self.owner
 
         def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            # A range scan of the primary key: rows of other sinks or holders in between, and
+            # A range scan of the primary key: rows of other destinations or holders between, and
             # rows this process claimed (held as self.claimer), are skipped.
             return connection.execute(
                 f"select seq, {_COLUMNS}, attempts, first_failure from eventsink_outbox "
-                "where seq between ? and ? and sink = ? and lease_owner = ? order by seq "
-                "limit ?",
-                [first, last, sink, owner, limit],
+                "where seq between ? and ? and destination = ? and lease_owner = ? "
+                "order by seq limit ?",
+                [first, last, destination, owner, limit],
             ).fetchall()
 
         return _leased(await self._run(read))
@@ -390,7 +530,7 @@ class SQLiteOutbox(Outbox):
 
         await self._run(apply)
 
-    async def ack(self, sink: str, leased: Leased) -> None:
+    async def ack(self, destination: str, leased: Leased) -> None:
         # The delete is deferred and folded into the next transaction (at most ACK_DELAY
         # later): a crash in between only means a redelivery, which the ids make harmless,
         # and it saves a commit per batch.
@@ -431,7 +571,7 @@ class SQLiteOutbox(Outbox):
             self._acked[:0] = acked  # not deleted: try again with the next transaction
             raise
 
-    async def record_failure(self, sink: str, leased: Leased, failure: Failure) -> None:
+    async def record_failure(self, destination: str, leased: Leased, failure: Failure) -> None:
         await self._by_handles(
             "update eventsink_outbox set attempts = ?, first_failure = ?, last_error = ?, "
             "last_status = ?, paused = ? where seq in ({marks})",
@@ -443,22 +583,22 @@ class SQLiteOutbox(Outbox):
             int(failure.paused),
         )
 
-    async def release(self, sink: str, leased: Leased) -> None:
+    async def release(self, destination: str, leased: Leased) -> None:
         await self._by_handles(
             "update eventsink_outbox set lease_owner = null where seq in ({marks})",
             leased,
         )
 
-    async def dead_letter(self, sink: str, leased: Leased, failure: Failure) -> None:
+    async def dead_letter(self, destination: str, leased: Leased, failure: Failure) -> None:
         handles = leased.handles
 
         def move(connection: sqlite3.Connection) -> None:
             for chunk in _chunks(handles):
                 marks = _marks(len(chunk))
                 connection.execute(
-                    f"insert into eventsink_dead_letters (sink, {_COLUMNS}, status, error, "
-                    "attempts, first_failure, last_failure) "
-                    f"select sink, {_COLUMNS}, ?, ?, ?, ?, ? from eventsink_outbox "
+                    f"insert into eventsink_dead_letters (destination, {_COLUMNS}, status, "
+                    "error, attempts, first_failure, last_failure) "
+                    f"select destination, {_COLUMNS}, ?, ?, ?, ?, ? from eventsink_outbox "
                     f"where seq in ({marks}) order by seq",
                     [
                         failure.status,
@@ -473,12 +613,12 @@ class SQLiteOutbox(Outbox):
 
         await self._run(move)
 
-    async def drop_oldest(self, sink: str, count: int) -> list[Event]:
+    async def drop_oldest(self, destination: str, count: int) -> list[Event]:
         def drop(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
             rows = connection.execute(
-                f"select seq, {_COLUMNS} from eventsink_outbox where sink = ? and "
+                f"select seq, {_COLUMNS} from eventsink_outbox where destination = ? and "
                 "lease_owner is null order by seq limit ?",
-                [sink, count],
+                [destination, count],
             ).fetchall()
             for chunk in _chunks(rows):
                 connection.execute(
@@ -491,12 +631,15 @@ class SQLiteOutbox(Outbox):
         return [Event(row[1], row[2], row[3], row[4], data_json=row[5]) for row in rows]
 
     async def replay(
-        self, sink: str | None = None, since: str | None = None, ids: Sequence[str] | None = None
+        self,
+        destination: str | None = None,
+        since: str | None = None,
+        ids: Sequence[str] | None = None,
     ) -> dict[str, int]:
         where, params = ["1 = 1"], []
-        if sink is not None:
-            where.append("sink = ?")
-            params.append(sink)
+        if destination is not None:
+            where.append("destination = ?")
+            params.append(destination)
         if since is not None:
             where.append("id >= ?")
             params.append(since)
@@ -508,14 +651,15 @@ class SQLiteOutbox(Outbox):
         def move(connection: sqlite3.Connection) -> dict[str, int]:
             counts = dict(
                 connection.execute(
-                    f"select sink, count(*) from eventsink_dead_letters where {condition} "
-                    "group by sink",
+                    f"select destination, count(*) from eventsink_dead_letters "
+                    f"where {condition} group by destination",
                     params,
                 ).fetchall()
             )
             connection.execute(
-                f"insert into eventsink_outbox (sink, {_COLUMNS}) select sink, {_COLUMNS} "
-                f"from eventsink_dead_letters where {condition} order by seq",
+                f"insert into eventsink_outbox (destination, {_COLUMNS}) "
+                f"select destination, {_COLUMNS} from eventsink_dead_letters "
+                f"where {condition} order by seq",
                 params,
             )
             connection.execute(f"delete from eventsink_dead_letters where {condition}", params)
@@ -524,42 +668,101 @@ class SQLiteOutbox(Outbox):
         return await self._run(move)
 
     async def backlog(self) -> dict[str, SinkBacklog]:
+        host = self._host
+
         def read(connection: sqlite3.Connection) -> dict[str, SinkBacklog]:
-            now = time.time()
+            live = _live_owners(connection, host, time.time())
             result: dict[str, SinkBacklog] = {}
-            for sink, pending, in_flight, size, pending_size in connection.execute(
-                "select sink, count(*) - sum(held), sum(held), sum(size), "
-                "sum(size * (1 - held)) from (select sink, length(data) as size, "
-                "coalesce(lease_owner in (select owner from eventsink_owners "
-                "where until >= ?), 0) as held from eventsink_outbox) group by sink",
-                [now],
+            for destination, pending, in_flight, size, pending_size in connection.execute(
+                "select destination, count(*) - sum(held), sum(held), sum(size), "
+                "sum(size * (1 - held)) from (select destination, length(data) as size, "
+                "coalesce(lease_owner in (select value from json_each(?)), 0) as held "
+                "from eventsink_outbox) group by destination",
+                [json.dumps(live)],
             ):
                 oldest = connection.execute(
-                    "select created from eventsink_outbox where sink = ? order by seq limit 1",
-                    [sink],
+                    "select created from eventsink_outbox where destination = ? "
+                    "order by seq limit 1",
+                    [destination],
                 ).fetchone()
-                result[sink] = SinkBacklog(
+                result[destination] = SinkBacklog(
                     pending=pending or 0,
                     in_flight=in_flight or 0,
                     oldest_created=oldest[0] if oldest else None,
                     bytes=size or 0,
                     pending_bytes=pending_size or 0,
                 )
-            for sink, count in connection.execute(
-                "select sink, count(*) from eventsink_dead_letters group by sink"
+            for destination, count in connection.execute(
+                "select destination, count(*) from eventsink_dead_letters group by destination"
             ):
-                result.setdefault(sink, SinkBacklog()).dead_letters = count
+                result.setdefault(destination, SinkBacklog()).dead_letters = count
             return result
 
         return await self._run(read)
 
-    async def dead_letters(self, sink: str | None = None, limit: int = 100) -> list[DeadLetter]:
+    async def serving(self) -> dict[str, list[str]]:
+        host = self._host
+
+        def read(connection: sqlite3.Connection) -> dict[str, list[str]]:
+            live = _live_owners(connection, host, time.time())
+            served: dict[str, list[str]] = {}
+            for destination, name in connection.execute(
+                "select destination, name from eventsink_serving where owner in "
+                "(select value from json_each(?)) order by destination, name",
+                [json.dumps(live)],
+            ):
+                served.setdefault(destination, []).append(name)
+            return served
+
+        return await self._run(read)
+
+    async def move(self, source: str, target: str) -> tuple[int, int]:
+        """Give ``source``'s pending events and dead letters to ``target``.
+
+        Rows a live process holds stay (it is sending them). Returns (pending, dead letters)
+        moved.
+        """
+
+        def move(connection: sqlite3.Connection) -> tuple[int, int]:
+            pending = connection.execute(
+                "update eventsink_outbox set destination = ?, attempts = 0, first_failure = "
+                "null, last_error = null, last_status = null, paused = 0 "
+                "where destination = ? and lease_owner is null",
+                [target, source],
+            ).rowcount
+            dead = connection.execute(
+                "update eventsink_dead_letters set destination = ? where destination = ?",
+                [target, source],
+            ).rowcount
+            return pending, dead
+
+        return await self._run(move)
+
+    async def drop(self, destination: str) -> tuple[int, int]:
+        """Delete ``destination``'s pending events and dead letters (not rows a live process
+        holds). Returns (pending, dead letters) deleted."""
+
+        def drop(connection: sqlite3.Connection) -> tuple[int, int]:
+            pending = connection.execute(
+                "delete from eventsink_outbox where destination = ? and lease_owner is null",
+                [destination],
+            ).rowcount
+            dead = connection.execute(
+                "delete from eventsink_dead_letters where destination = ?", [destination]
+            ).rowcount
+            return pending, dead
+
+        return await self._run(drop)
+
+    async def dead_letters(
+        self, destination: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
         def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return connection.execute(
-                f"select sink, {_COLUMNS}, status, error, attempts, first_failure, last_failure "
-                "from eventsink_dead_letters where (? is null or sink = ?) "
-                "order by seq desc limit ?",
-                [sink, sink, limit],
+                f"select destination, {_COLUMNS}, status, error, attempts, first_failure, "
+                "last_failure from eventsink_dead_letters "
+                "where (? is null or destination = ?) order by seq desc limit ?",
+                [destination, destination, limit],
             ).fetchall()
 
         return [
@@ -582,6 +785,7 @@ class SQLiteOutbox(Outbox):
                 names,
             )
             connection.execute("delete from eventsink_owners where owner in (?, ?)", names)
+            connection.execute("delete from eventsink_serving where owner = ?", [owner])
 
         for task in (self._ack_flush, self._heartbeat):
             if task is not None:

@@ -123,9 +123,12 @@ class Lane:
         hooks: Hooks,
         settle: Callable[[int, Sequence[Event]], None],
         poll_interval: float | None = None,
+        destination: str | None = None,
     ) -> None:
-        self.name = name
+        self.name = name  # the configured name: for logs, status and hooks
         self.sink = sink
+        # The key of this sink's events in the outbox: where they go, not what it is called.
+        self.destination = destination if destination is not None else sink.destination
         self.settings = settings
         self.outbox = outbox
         self.hooks = hooks
@@ -227,7 +230,7 @@ class Lane:
                 dropped.events += spilled.events
                 dropped.handles = [*dropped.handles, *spilled.handles]
         if dropped.events:
-            await self.outbox.ack(self.name, dropped)
+            await self.outbox.ack(self.destination, dropped)
         return dropped.events
 
     def start_flush(self) -> None:
@@ -297,9 +300,9 @@ class Lane:
             if sending:  # each finishes its attempt, or gives its batch back when stopped
                 await asyncio.gather(*sending, return_exceptions=True)
             if leased is not None:
-                await self.outbox.release(self.name, leased)
+                await self.outbox.release(self.destination, leased)
             while self._hot:
-                await self.outbox.release(self.name, self._hot.popleft())
+                await self.outbox.release(self.destination, self._hot.popleft())
             self._hot_count = 0
             # Spilled events stay leased to this process until the outbox closes, which gives
             # back everything the process holds in one statement.
@@ -339,7 +342,7 @@ class Lane:
             )
 
     async def _lease_backlog(self, limit: int) -> Leased | None:
-        leased = await self.outbox.lease(self.name, limit)
+        leased = await self.outbox.lease(self.destination, limit)
         self.pending = 0 if leased is None else max(0, self.pending - len(leased.events))
         return leased
 
@@ -355,7 +358,7 @@ class Lane:
     async def _read_spilled(self, limit: int) -> Leased | None:
         """Read back up to ``limit`` of the oldest spilled events from the outbox."""
         leased = await self.outbox.read_leased(
-            self.name, self._spill_first, self._spill_last, limit
+            self.destination, self._spill_first, self._spill_last, limit
         )
         found = len(leased.events) if leased else 0
         if leased is not None:
@@ -515,7 +518,7 @@ class Lane:
         return None
 
     async def _acked(self, leased: Leased) -> None:
-        await self.outbox.ack(self.name, leased)
+        await self.outbox.ack(self.destination, leased)
         batch = leased.events
         self.stats.record_delivery(len(batch))
         self.stats.paused = None
@@ -605,9 +608,9 @@ class Lane:
         await self.hooks.notify(
             "eventsink_send_error", sink=self.name, batch=leased.events, error=error, final=False
         )
-        await self.outbox.record_failure(self.name, leased, failure)
+        await self.outbox.record_failure(self.destination, leased, failure)
         if await self._sleep_unless_stopped(delay):
-            await self.outbox.release(self.name, leased)
+            await self.outbox.release(self.destination, leased)
             return True
         return False
 
@@ -641,7 +644,7 @@ class Lane:
         if failure is None:
             leased.attempts += 1
             failure = self._failure(leased, error)
-        await self.outbox.dead_letter(self.name, leased, failure)
+        await self.outbox.dead_letter(self.destination, leased, failure)
         count = len(leased.events)
         self.stats.dead_lettered += count
         self.stats.last_error = {

@@ -86,6 +86,23 @@ def make_outbox(settings: Settings) -> Outbox:
     return SQLiteOutbox(Path(path).expanduser(), durability=settings.durability)
 
 
+def destination_keys(sinks: Mapping[str, Sink]) -> dict[str, str]:
+    """Each sink's outbox key, by name: its destination, numbered when two sinks share one.
+
+    Two sinks of one pipeline that deliver to the same place each get every event, so each
+    needs rows of its own: the second is keyed ``<destination> #2``.
+    """
+    keys: dict[str, str] = {}
+    taken: set[str] = set()
+    for name, sink in sinks.items():
+        key, number = sink.destination, 2
+        while key in taken:
+            key, number = f"{sink.destination} #{number}", number + 1
+        taken.add(key)
+        keys[name] = key
+    return keys
+
+
 def build_sinks(settings: Settings, pm: pluggy.PluginManager) -> dict[str, Sink]:
     """Instantiate every configured sink (each validates its own options)."""
     classes = sink_classes(pm)
@@ -132,6 +149,7 @@ class Pipeline:
             wake=self._wake_from_any_thread,
         )
         poll = POLL_INTERVAL if self.outbox.shared else None
+        destinations = destination_keys(self.sinks)
         self.lanes = {
             config.name: Lane(
                 config.name,
@@ -141,10 +159,14 @@ class Pipeline:
                 hooks=self.hooks,
                 settle=self._settle,
                 poll_interval=poll,
+                destination=destinations[config.name],
             )
             for config in settings.sinks
         }
         self._names = list(self.lanes)
+        # The outbox keys events by destination; names stay for logs, status and hooks.
+        self._destinations = {lane.destination: name for name, lane in self.lanes.items()}
+        self._keys = list(self._destinations)
         self.history = {name: SinkHistory() for name in self._names}
         self._backlog: dict[str, SinkBacklog] = {}  # the latest read, for sync snapshots
         self.metrics_server = (
@@ -180,12 +202,17 @@ class Pipeline:
         self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
-        backlog = await self.outbox.open(self._names)
+        backlog = await self.outbox.open(self._destinations)
         for name, lane in self.lanes.items():
-            left = backlog.get(name)
+            left = backlog.get(lane.destination)
             rows = left.pending if left else 0  # what other live processes hold is theirs
             if rows:
-                logger.info("eventsink sink %r: %d event(s) left by an earlier run", name, rows)
+                logger.info(
+                    "eventsink sink %r: %d event(s) for %s left by an earlier run",
+                    name,
+                    rows,
+                    lane.destination,
+                )
                 self._restored[name] = rows
                 self.intake.restore(rows, left.pending_bytes if left else 0)
                 lane.notify(rows)
@@ -302,8 +329,8 @@ class Pipeline:
             stored, error = await self._store(storable)
             self.intake.committed(len(events))
             if stored is not None:
-                for name, lane in self.lanes.items():
-                    lane.offer(stored[name])
+                for lane in self.lanes.values():
+                    lane.offer(stored[lane.destination])
             if stored is not None and self.settings.overflow == "drop_oldest":
                 try:
                     await self._drop_oldest()
@@ -348,7 +375,7 @@ class Pipeline:
         delay = 0.1
         for attempt in range(1, attempts + 1):
             try:
-                leased = await self.outbox.append(events, self._names, self._names)
+                leased = await self.outbox.append(events, self._keys, self._keys)
             except Exception as error:
                 reason = _describe_outbox_error(error)
                 self.outbox_error = f"outbox cannot be written: {reason}"
@@ -384,8 +411,8 @@ class Pipeline:
         while excess := self.intake.excess():
             per_lane = -(-excess // len(self.lanes))
             total = 0
-            for name, lane in self.lanes.items():
-                dropped = await self.outbox.drop_oldest(name, per_lane)
+            for lane in self.lanes.values():
+                dropped = await self.outbox.drop_oldest(lane.destination, per_lane)
                 lane.pending = max(0, lane.pending - len(dropped))
                 if len(dropped) < per_lane:
                     dropped += await lane.discard_oldest(per_lane - len(dropped))
@@ -501,17 +528,23 @@ class Pipeline:
         since: str | None = None,
         ids: Sequence[str] | None = None,
     ) -> dict[str, int]:
-        """Move dead letters back to be delivered; return how many, by sink.
+        """Move dead letters back to be delivered; return how many, by sink name.
 
-        ``ids`` replays exactly those events (one group of the status page).
+        ``sink`` is a configured name; dead letters of destinations no sink here delivers to
+        are counted under their destination. ``ids`` replays exactly those events (one group
+        of the status page).
         """
-        moved = await self.outbox.replay(sink=sink, since=since, ids=ids)
-        for name, count in moved.items():
-            if name in self.lanes:
+        destination = self.lanes[sink].destination if sink in self.lanes else sink
+        moved = await self.outbox.replay(destination=destination, since=since, ids=ids)
+        by_name = {}
+        for key, count in moved.items():
+            name = self._destinations.get(key)
+            if name is not None:
                 self._restored[name] += count
                 self.intake.restore(count)
                 self.lanes[name].notify(count)
-        return moved
+            by_name[name or key] = count
+        return by_name
 
     async def status(self) -> dict[str, Any]:
         """A JSON-safe snapshot for status pages: per sink counts, errors and pauses.
@@ -534,7 +567,7 @@ class Pipeline:
         now = time.time()
         sinks = {}
         for name, lane in self.lanes.items():
-            held = backlog.get(name)
+            held = backlog.get(lane.destination)
             stats = lane.stats
             stored = (held.pending + held.in_flight) if held else 0
             pending = max(0, stored - stats.in_flight)
@@ -542,6 +575,7 @@ class Pipeline:
             sinks[name] = {
                 "type": lane.sink.name,
                 "target": lane.sink.describe(),
+                "destination": lane.destination,
                 "state": sink_state(stats, pending + stats.in_flight, now),
                 "pending": pending,
                 "in_flight": stats.in_flight,
@@ -580,7 +614,7 @@ class Pipeline:
 
     def _sample_history(self, now: float | None = None) -> None:
         for name, lane in self.lanes.items():
-            held = self._backlog.get(name)
+            held = self._backlog.get(lane.destination)
             undelivered = (held.pending + held.in_flight) if held else lane.available
             stats = lane.stats
             self.history[name].sample(
