@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from .consume import consume
+from .outbox import outbox
 from .pull import pull, sources
 from .replay import replay
 from .send import send
@@ -40,3 +41,4 @@ cli.add_command(sinks)
 cli.add_command(pull)
 cli.add_command(sources)
 cli.add_command(consume)
+cli.add_command(outbox)

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..metrics import prometheus_text, samples
-from ..outbox.sqlite import SQLiteOutbox
+from ..outbox.sqlite import SQLiteOutbox, ensure_schema
 from .common import dumps, outbox_path
 
 
@@ -29,14 +29,18 @@ def _age(created: str | None, now: float) -> float | None:
 
 
 async def read_status(path: str) -> dict[str, Any]:
-    """Per sink pending, in flight, oldest pending age, retry state and dead letters.
+    """Per destination pending, in flight, oldest pending age, retry state and dead letters,
+    and which live processes deliver there (``served_by``, the sinks' configured names).
 
-    Error messages are shown as the sinks stored them; sinks never put secrets in them.
+    ``undelivered`` lists the destinations with pending events that no running process
+    delivers to. Error messages are shown as the sinks stored them; sinks never put secrets
+    in them.
     """
     report: dict[str, Any] = {
         "outbox": path,
         "exists": os.path.exists(path),
         "sinks": {},
+        "undelivered": [],
         "dead_letters": [],
         "totals": {"pending": 0, "in_flight": 0, "dead_letters": 0},
     }
@@ -48,15 +52,16 @@ async def read_status(path: str) -> dict[str, Any]:
         tables = {row[0] for row in connection.execute("select name from sqlite_master")}
         if "eventsink_outbox" not in tables:
             return None
+        ensure_schema(connection, path)  # an outbox of an older eventsink: upgrade it first
         retrying = connection.execute(
-            "select sink, max(attempts), min(first_failure), max(last_error), "
+            "select destination, max(attempts), min(first_failure), max(last_error), "
             "max(last_status), max(paused) "
-            "from eventsink_outbox where attempts > 0 group by sink"
+            "from eventsink_outbox where attempts > 0 group by destination"
         ).fetchall()
         dead = connection.execute(
-            "select sink, status, error, count(*), min(id), max(id), max(last_failure) "
-            "from eventsink_dead_letters group by sink, status, error "
-            "order by sink, count(*) desc"
+            "select destination, status, error, count(*), min(id), max(id), max(last_failure) "
+            "from eventsink_dead_letters group by destination, status, error "
+            "order by destination, count(*) desc"
         ).fetchall()
         return retrying, dead
 
@@ -65,6 +70,7 @@ async def read_status(path: str) -> dict[str, Any]:
         if found is None:
             return report
         backlog = await outbox.backlog()
+        served = await outbox.serving()
     finally:
         await outbox.runner.close()
     retrying = {row[0]: row for row in found[0]}
@@ -79,6 +85,7 @@ async def read_status(path: str) -> dict[str, Any]:
             "oldest_pending_age": _age(held.oldest_created, now),
             "bytes": held.bytes,
             "dead_letters": held.dead_letters,
+            "served_by": served.get(name, []),
             # A batch failing now: retried with back-off, or paused (e.g. a refused token)
             # until someone acts.
             "failing": {
@@ -93,9 +100,11 @@ async def read_status(path: str) -> dict[str, Any]:
         }
         for key in ("pending", "in_flight", "dead_letters"):
             report["totals"][key] += getattr(held, key)
+        if held.pending and name not in served:
+            report["undelivered"].append({"destination": name, "pending": held.pending})
     report["dead_letters"] = [
         {
-            "sink": sink,
+            "sink": sink,  # the destination, as in "sinks"
             "status": status,
             "error": error,
             "count": count,
@@ -132,16 +141,28 @@ def render(report: dict[str, Any]) -> str:
         f"dead letters {totals['dead_letters']:,}"
     )
     if report["sinks"]:
-        width = max(len("SINK"), *(len(name) for name in report["sinks"]))
+        width = max(len("DESTINATION"), *(len(name) for name in report["sinks"]))
         lines.append("")
         lines.append(
-            f"{'SINK':{width}}  {'PENDING':>9}  {'IN FLIGHT':>9}  {'OLDEST':>7}  {'DEAD':>7}"
+            f"{'DESTINATION':{width}}  {'PENDING':>9}  {'IN FLIGHT':>9}  {'OLDEST':>7}  "
+            f"{'DEAD':>7}  DELIVERED BY"
         )
         for name, sink in report["sinks"].items():
+            by = ", ".join(sink["served_by"]) or "-"
             lines.append(
                 f"{name:{width}}  {sink['pending']:>9,}  {sink['in_flight']:>9,}  "
-                f"{_when(sink['oldest_pending_age']):>7}  {sink['dead_letters']:>7,}"
+                f"{_when(sink['oldest_pending_age']):>7}  {sink['dead_letters']:>7,}  {by}"
             )
+    if report["undelivered"]:
+        lines.append("")
+        for item in report["undelivered"]:
+            lines.append(
+                f"{item['pending']:,} pending for {item['destination']}, no process delivering"
+            )
+        lines.append(
+            "A process whose sink has that destination delivers them when it runs; or move "
+            "them (eventsink outbox move FROM TO) or drop them (eventsink outbox drop DEST)."
+        )
     failing = {name: sink["failing"] for name, sink in report["sinks"].items() if sink["failing"]}
     if failing:
         lines.append("")
@@ -157,7 +178,7 @@ def render(report: dict[str, Any]) -> str:
             )
     if report["dead_letters"]:
         lines.append("")
-        lines.append("Dead letters by sink and error:")
+        lines.append("Dead letters by destination and error:")
         for group in report["dead_letters"]:
             status = f" [{group['status']}]" if group["status"] is not None else ""
             lines.append(f"  {group['count']:>7,}  {group['sink']}{status}: {group['error']}")
@@ -190,10 +211,13 @@ Examples:
 def status(outbox: str | None, as_json: bool, prometheus: bool) -> None:
     """Show what the outbox holds: pending events, dead letters, failing sinks.
 
-    Per sink: events pending, in flight (leased by a running process), the age of the oldest
-    pending one, and dead letters; then sinks whose current batch is failing with the last
-    error, and dead letters grouped by sink and error. Reads the outbox file only; works
-    whether or not a process is delivering from it.
+    Per destination (where a sink delivers, e.g. 'sqlite /home/ada/events.db'): events
+    pending, in flight (leased by a running process), the age of the oldest pending one, dead
+    letters, and the running processes' sinks that deliver there; then destinations with
+    pending events that no running process delivers to, destinations whose current batch is
+    failing with the last error, and dead letters grouped by destination and error. Reads the
+    outbox file (upgrading one written by an older eventsink); works whether or not a process
+    is delivering from it.
     """
     path = outbox_path({"outbox": outbox})
     report = asyncio.run(read_status(path))
