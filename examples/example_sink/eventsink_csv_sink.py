@@ -67,6 +67,12 @@ class CsvSink(Sink):
             file.flush()
             os.fsync(file.fileno())
 
+    @property
+    def destination(self) -> str:
+        # Where the events go (the outbox keys pending events by it): the file, not the
+        # delimiter, so changing the delimiter does not leave pending events behind.
+        return f"csv {self.path.resolve()}"
+
     def describe(self) -> str:
         return f"csv {self.path}"
 
