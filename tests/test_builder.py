@@ -71,6 +71,16 @@ class TestEntryPoints:
         assert told.sinks[0].delivery.batch_limit == 7
         assert configure(config).sinks[0].delivery.batch_limit == 100
 
+    @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+    def test_an_entry_point_differs_from_the_client_only_where_its_row_says(self, name):
+        config = {"sink": "null", "outbox": ":memory:", "instance": "x"}
+        (client,) = configure(config).sinks
+        (other,) = configure(config, entry_point=name).sinks
+        mine, theirs = dataclasses.asdict(client.delivery), dataclasses.asdict(other.delivery)
+        differing = {key for key in mine if mine[key] != theirs[key]}
+        assert differing == set(ENTRY_POINTS[name].defaults) - set(ENTRY_POINTS["client"].defaults)
+        assert (other.type, other.options) == (client.type, client.options)
+
     def test_unknown_entry_point_lists_the_known_ones(self):
         with pytest.raises(ValueError, match=r"'clinet'.*client"):
             configure({"sink": "null"}, entry_point="clinet")
