@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 import sqlite_utils
-from sqlite_utils.db import quote_identifier
 from sqlite_utils.utils import suggest_column_types
 
 from eventsink.config import Option
@@ -28,6 +27,15 @@ from eventsink.exceptions import ConfigError, RejectedError, RetryableError
 from eventsink.hookspecs import hookimpl
 from eventsink.sink import Sink
 from eventsink.sqlite_files import connect
+
+try:
+    from sqlite_utils.db import quote_identifier
+except ImportError:  # sqlite-utils < 4 (which Datasette 1.0a35 pins) has no quote_identifier
+
+    def quote_identifier(identifier: str) -> str:
+        """``identifier`` quoted for SQL, as sqlite-utils 4 does it."""
+        return '"' + identifier.replace('"', '""') + '"'
+
 
 logger = logging.getLogger("eventsink")
 
