@@ -146,6 +146,12 @@ class DatasetteSink(Sink):
             None,
             "Table for every event with a /-/create URL; default: the event's own table.",
         ),
+        Option(
+            "columns",
+            list,
+            None,
+            "Column order of the tables this sink creates: these columns first, in this order.",
+        ),
         Option("timeout", float, 10.0, "Seconds to wait for the receiver.", minimum=0.1),
         Option(
             "max_insert_rows",
@@ -241,6 +247,8 @@ class DatasetteSink(Sink):
         joined = b"[" + b",".join(rows) + b"]"
         if self.fixed_table is None and table not in self._created:
             url = f"{self.db_url}/-/create"
+            if self.config["columns"]:
+                joined = b"[" + b",".join([self._ordered(rows[0]), *rows[1:]]) + b"]"
             body = b'{"table":' + orjson.dumps(table) + b',"pk":"id"' + extras
             body += b',"rows":' + joined + b"}"
             action = "create-table and insert-row"
@@ -274,6 +282,12 @@ class DatasetteSink(Sink):
             self._created.discard(table)  # the table was dropped at the receiver: make it again
             return 0
         raise self._error(response, message, table, action)
+
+    def _ordered(self, row: bytes) -> bytes:
+        # The receiver makes the table's columns in the order of the first row's keys.
+        data = orjson.loads(row)
+        first = {name: data.pop(name) for name in self.config["columns"] if name in data}
+        return orjson.dumps({**first, **data})
 
     async def _post(self, url: str, body: bytes) -> httpx.Response:
         if self._client is None:
