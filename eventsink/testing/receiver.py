@@ -52,7 +52,8 @@ class DatasetteReceiver:
     The database file and the server's log live in a temporary directory removed by
     :meth:`close`. :meth:`stop` and :meth:`start` restart the server on the same port.
     ``datasette`` is the ``datasette`` executable to run (another version's, from a venv of
-    its own); by default the one installed next to this Python.
+    its own); by default the one installed next to this Python. ``env`` adds environment
+    variables (e.g. ``DATASETTE_LOAD_PLUGINS``) to ``os.environ`` as it is at each start.
     """
 
     def __init__(
@@ -64,8 +65,10 @@ class DatasetteReceiver:
         directory: str | os.PathLike[str] | None = None,
         startup_timeout: float = 20.0,
         datasette: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.command = [os.fspath(datasette)] if datasette else _datasette_command()
+        self.extra_env = dict(env or {})
         self.database = database
         self.settings = dict(settings or {})
         self.extra_args = list(extra_args or [])
@@ -105,7 +108,7 @@ class DatasetteReceiver:
         """
         result = subprocess.run(
             [*self.command, "create-token", actor, *restrictions],
-            env={**os.environ, "DATASETTE_SECRET": self.secret},
+            env={**os.environ, **self.extra_env, "DATASETTE_SECRET": self.secret},
             capture_output=True,
             text=True,
             check=True,
@@ -137,7 +140,7 @@ class DatasetteReceiver:
         self._log = open(self.log_path, "ab")  # noqa: SIM115  # closed in stop()
         self.process = subprocess.Popen(
             command,
-            env={**os.environ, "DATASETTE_SECRET": self.secret},
+            env={**os.environ, **self.extra_env, "DATASETTE_SECRET": self.secret},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
