@@ -10,11 +10,8 @@ receiver (``id`` is its primary key) instead of being stored twice.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-logger = logging.getLogger("eventsink")
 
 LEGACY_MODULE = "datasette_events_forward"
 LEGACY_DISTRIBUTION = "datasette-events-forward"
@@ -41,20 +38,11 @@ def find_legacy_plugin(pm: Any) -> Any | None:
 
 
 def unregister_legacy_plugin(pm: Any) -> bool:
-    """Unregister datasette-events-forward from ``pm``; return whether it was there.
-
-    Logs one warning telling the user to uninstall it.
-    """
+    """Unregister datasette-events-forward from ``pm``; return whether it was there."""
     plugin = find_legacy_plugin(pm)
     if plugin is None:
         return False
     pm.unregister(plugin)
-    logger.warning(
-        "eventsink: %s is also installed; eventsink has taken over its work (it is disabled, "
-        "so each event is forwarded once). Uninstall it: pip uninstall %s",
-        LEGACY_DISTRIBUTION,
-        LEGACY_DISTRIBUTION,
-    )
     return True
 
 

@@ -1,0 +1,176 @@
+"""Per-database routing: each database's events go to the table its config names."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+from datasette.app import Datasette
+from datasette.events import LoginEvent
+
+from eventsink.datasette.plugin import PluginConfigError, get_pipeline
+from eventsink.datasette.routing import Route, Router, parse_router
+from eventsink.exceptions import ConfigError
+
+
+def router(**keys):
+    keys.setdefault("table", "datasette_events")
+    keys.setdefault("events", None)
+    keys.setdefault("exclude_events", None)
+    keys.setdefault("databases", None)
+    return parse_router(**keys)
+
+
+class TestRouter:
+    """The router picks a database's entry, then '*', then the top level."""
+
+    def test_template_per_database_and_default_for_none(self):
+        routes = router(databases={"*": {"table": "{database}_events"}})
+        assert routes.table("sales", "insert-rows", "host") == "sales_events"
+        assert routes.table("hr", "insert-rows", "host") == "hr_events"
+        assert routes.table(None, "login", "host") == "datasette_events"
+
+    def test_named_database_wins_over_wildcard_key_by_key(self):
+        routes = router(
+            databases={
+                "*": {"table": "{database}_events", "exclude_events": ["update-row"]},
+                "scratch": {"events": []},
+                "audit": {"table": "audit_{instance}"},
+            }
+        )
+        assert routes.table("scratch", "insert-rows", "h") is None
+        assert routes.table("audit", "insert-rows", "h1") == "audit_h1"
+        assert routes.table("audit", "update-row", "h1") is None  # from '*'
+        assert routes.table("other", "update-row", "h1") is None
+
+    def test_top_level_filters_apply_to_databases_without_entries(self):
+        routes = router(events=["login", "insert-rows"], databases={"a": {"table": "a_t"}})
+        assert routes.table(None, "login", "h") == "datasette_events"
+        assert routes.table("b", "create-table", "h") is None
+        assert routes.table("a", "insert-rows", "h") == "a_t"
+        assert routes.table("a", "create-table", "h") is None
+
+    def test_database_level_plugin_block_is_overridden_by_databases_section(self):
+        routes = router(
+            databases={"a": {"exclude_events": ["login"]}},
+            database_level={"a": {"table": "from_block", "exclude_events": []}, "b": {}},
+        )
+        assert routes.table("a", "insert-rows", "h") == "from_block"
+        assert routes.table("a", "login", "h") is None
+        assert routes.table("b", "insert-rows", "h") == "datasette_events"
+
+    @pytest.mark.parametrize(
+        "keys, key, words",
+        [
+            ({"table": "{database}_events"}, "table", "{database}"),
+            ({"table": "{db}_events"}, "table", "{db}"),
+            ({"databases": {"a": {"table": "{nope}"}}}, "databases.a.table", "{nope}"),
+            ({"databases": {"a": {"tabel": "x"}}}, "databases.a.tabel", "Did you mean 'table'"),
+            ({"databases": {"a": "x"}}, "databases.a", "must be an object"),
+            ({"databases": ["a"]}, "databases", "must be an object"),
+            ({"databases": {"a": {"events": 3}}}, "databases.a.events", "a list"),
+            ({"table": "x{"}, "table", "not a valid table template"),
+        ],
+    )
+    def test_bad_routing_names_the_key(self, keys, key, words):
+        with pytest.raises(ConfigError) as raised:
+            router(**keys)
+        assert raised.value.key == key and words in str(raised.value)
+
+    def test_route_repr(self):
+        assert "default=Route(table='t'" in repr(Router(Route("t")))
+
+
+@contextlib.asynccontextmanager
+async def two_database_sender(
+    tmp_path: Path, plugins: dict, config: dict | None = None, names: list[str] | None = None
+):
+    names = names or [f"db{uuid.uuid4().hex[:4]}", f"db{uuid.uuid4().hex[:4]}"]
+    paths = []
+    for name in names:
+        path = tmp_path / f"{name}.db"
+        sqlite3.connect(path).close()
+        paths.append(str(path))
+    datasette = Datasette(paths, config={**(config or {}), "plugins": plugins})
+    datasette.root_enabled = True
+    await datasette.invoke_startup()
+    token = await datasette.create_token("root")
+    datasette.test_headers = {"Authorization": f"Bearer {token}"}
+    try:
+        yield datasette, names
+    finally:
+        await datasette.invoke_shutdown()
+
+
+async def make_events(datasette: Datasette, database: str, inserts: int) -> None:
+    headers = datasette.test_headers
+    response = await datasette.client.post(
+        f"/{database}/-/create", json={"table": "t", "row": {"n": 0}}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    for n in range(inserts):
+        response = await datasette.client.post(
+            f"/{database}/t/-/insert", json={"rows": [{"n": n}]}, headers=headers
+        )
+        assert response.status_code == 201, response.text
+
+
+class TestRoutingToAReceiver:
+    """Two databases routed by a {database} template land in two tables of a real receiver."""
+
+    async def test_each_table_holds_exactly_its_databases_events(self, tmp_path, receiver):
+        prefix = f"r{uuid.uuid4().hex[:6]}"
+        plugins = {
+            "eventsink": {
+                "api_url": f"{receiver.db_url}/-/create",
+                "api_token": receiver.token,
+                "table": f"{prefix}_none",
+                "databases": {"*": {"table": prefix + "_{database}"}},
+            }
+        }
+        async with two_database_sender(tmp_path, plugins) as (datasette, (one, two)):
+            await make_events(datasette, one, 3)  # 2 + 3 events
+            await make_events(datasette, two, 1)  # 2 + 1 events
+            await datasette.track_event(LoginEvent(actor={"id": "someone"}))
+            assert await get_pipeline(datasette).flush(timeout=10)
+        first, second = receiver.rows(f"{prefix}_{one}"), receiver.rows(f"{prefix}_{two}")
+        assert len(first) == 5 and {row["database_name"] for row in first} == {one}
+        assert len(second) == 3 and {row["database_name"] for row in second} == {two}
+        [login] = receiver.rows(f"{prefix}_none")
+        assert (login["event"], login["database_name"]) == ("login", None)
+
+    async def test_database_level_plugin_block(self, tmp_path, receiver):
+        prefix = f"r{uuid.uuid4().hex[:6]}"
+        plugins = {
+            "eventsink": {
+                "api_url": f"{receiver.db_url}/-/create",
+                "api_token": receiver.token,
+                "table": f"{prefix}_rest",
+            }
+        }
+        one, two = f"db{uuid.uuid4().hex[:4]}", f"db{uuid.uuid4().hex[:4]}"
+        block = {"table": f"{prefix}_own", "events": ["insert-rows"]}
+        config = {"databases": {one: {"plugins": {"eventsink": block}}}}
+        async with two_database_sender(tmp_path, plugins, config, [one, two]) as (datasette, _):
+            await make_events(datasette, one, 2)
+            await make_events(datasette, two, 1)
+            assert await get_pipeline(datasette).flush(timeout=10)
+        own, rest = receiver.rows(f"{prefix}_own"), receiver.rows(f"{prefix}_rest")
+        assert [row["event"] for row in own] == ["insert-rows"] * 3
+        assert {row["database_name"] for row in own} == {one}
+        assert len(rest) == 3 and {row["database_name"] for row in rest} == {two}
+
+    async def test_bad_routing_stops_startup_naming_the_key(self, tmp_path):
+        plugins = {
+            "eventsink": {
+                "api_url": "http://127.0.0.1:9/db/-/create",
+                "databases": {"a": {"table": "{tabel}"}},
+            }
+        }
+        with pytest.raises(PluginConfigError) as raised:
+            async with two_database_sender(tmp_path, plugins):
+                pass
+        assert "plugins.eventsink.databases.a.table" in str(raised.value)
