@@ -84,8 +84,8 @@ def make_sinks(
     """Instantiate every configured sink (each validates its own options).
 
     With ``named`` (one flag per sink: did the configuration give it a ``name``?), a sink
-    without one is keyed by its destination (``Sink.describe()``), numbered if two share it,
-    and the returned Settings carry those names.
+    without one is named after where it delivers (``Sink.describe()``), numbered if two
+    share it, and the returned Settings carry those names.
     """
     by_config = build_sinks(settings, pm)
     if named is None:

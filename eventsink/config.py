@@ -429,9 +429,10 @@ class EntryPoint:
     Every other default is its option's own (above). ``sink`` is used when the configuration
     names none; ``defaults`` are option values that differ from the catalogue's; ``outbox``
     says where events wait when no ``outbox`` is configured; with
-    ``names_sinks_after_destination`` a sink given no ``name`` is keyed in the outbox by its
-    ``describe()`` (``sqlite /home/ada/events.db``) instead of its type. ``why`` is shown in
-    the configuration reference.
+    ``names_sinks_after_destination`` a sink given no ``name`` is called by its ``describe()``
+    (``sqlite /home/ada/events.db``) in logs, output and status instead of by its type (its
+    pending events belong to its destination either way). ``why`` is shown in the
+    configuration reference.
     """
 
     name: str
@@ -668,8 +669,8 @@ def _parse_sink_entry(
     name = entry.get("name") or sink_type
     if name in names:
         raise ConfigError(
-            f"two sinks are named {name!r}; give each a distinct 'name' (it keys its events "
-            "in the outbox)",
+            f"two sinks are named {name!r}; give each a distinct 'name' (it tells them apart "
+            "in logs, status and hooks)",
             key=f"{prefix}name",
         )
     names.add(name)

@@ -152,7 +152,7 @@ def extra_sections() -> str:
 def entry_points_table() -> str:
     """A Markdown table of :data:`~eventsink.config.ENTRY_POINTS`: what differs, and why."""
     lines = [
-        "| entry point | default sink | other defaults | outbox | unnamed sinks keyed by | why |",
+        "| entry point | default sink | other defaults | outbox | unnamed sinks called | why |",
         "|---|---|---|---|---|---|",
     ]
     for entry in ENTRY_POINTS.values():

@@ -1,9 +1,8 @@
 """What the CLI commands share: reading the configuration, options, logging, summaries.
 
 Commands build their pipeline with :func:`eventsink.build` (the ``cli`` and ``send`` entry
-points name a sink without a ``name`` after its destination, ``Sink.describe()``, so events
-left in the shared outbox by an interrupted ``eventsink send`` are delivered by the next run to
-the *same* destination only) and run it with :class:`eventsink.pipeline.runner.PipelineRunner`.
+points call a sink without a ``name`` by where it delivers, ``Sink.describe()``, in their
+output) and run it with :class:`eventsink.pipeline.runner.PipelineRunner`.
 """
 
 from __future__ import annotations
