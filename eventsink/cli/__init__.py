@@ -1,14 +1,19 @@
 """The ``eventsink`` command: a click group and its commands, one module each.
 
-Commands live in ``eventsink/cli_*.py`` modules and are registered here with
-``cli.add_command``; a new command is one module plus one line below.
+Commands live in ``eventsink/cli/*.py`` modules and are registered here with
+``cli.add_command``; a new command is one module plus one line below. Every command runs
+inside :func:`~eventsink.cli.interrupt.handle_interrupts`: Ctrl-C and SIGTERM exit 130
+without a traceback.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from .consume import consume
+from .interrupt import handle_interrupts
 from .outbox import outbox
 from .pull import pull, sources
 from .replay import replay
@@ -17,7 +22,16 @@ from .sinks import sinks
 from .status import status
 
 
+class EventsinkGroup(click.Group):
+    """The command group: runs every command with SIGTERM treated like Ctrl-C."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with handle_interrupts():
+            return super().invoke(ctx)
+
+
 @click.group(
+    cls=EventsinkGroup,
     epilog="Run 'eventsink COMMAND --help' for a command's options and examples.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )

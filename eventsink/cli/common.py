@@ -21,6 +21,8 @@ from ..builder import outbox_path as resolve_outbox_path
 from ..config import ENTRY_POINTS
 from ..exceptions import ConfigError
 from ..hookspecs import hookimpl
+from ..pipeline.runner import PipelineRunner
+from .interrupt import EXIT_USAGE, signals_ignored
 
 DEFAULT_SINK = ENTRY_POINTS["cli"].sink
 
@@ -106,10 +108,38 @@ class Outcomes:
             self.dead[(sink, str(error) or type(error).__name__)] += len(batch)
 
 
-def setup_logging(verbose: int, console: Any | None = None) -> None:
-    """Show eventsink's warnings (and with ``-v`` its info) on standard error."""
+def start_runner(pipeline: Any) -> PipelineRunner:
+    """Start ``pipeline`` on a background runner; a sink's ``ConfigError`` exits 2."""
+    try:
+        return PipelineRunner(pipeline, name="eventsink-cli").start()
+    except ConfigError as error:
+        raise config_error(error) from None
+
+
+def deliver(runner: PipelineRunner, timeout: float | None) -> bool:
+    """Wait until everything written is delivered, dead-lettered or its sink paused.
+
+    ``False`` if ``timeout`` seconds passed first. Ctrl-C interrupts the wait (see
+    :func:`eventsink.cli.interrupt.stop_on_interrupt`); nothing is lost.
+    """
+    return runner.run(runner.pipeline.flush(timeout, unless_paused=True))
+
+
+def close(runner: PipelineRunner, timeout: float = 0.0) -> int:
+    """Stop the pipeline (after :func:`deliver`); return the events left in the outbox.
+
+    Not interruptible: a close cut short would leave tasks behind on a stopped loop, and it
+    is bounded (the lanes get a few seconds to finish the batch in hand).
+    """
+    with signals_ignored():
+        return runner.close(timeout)
+
+
+def setup_logging(verbose: int, console: Any | None = None, *, quiet: bool = False) -> None:
+    """Show eventsink's warnings (``-v`` its info, ``-q`` only errors) on standard error."""
     logger = logging.getLogger("eventsink")
-    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logger.setLevel(logging.ERROR if quiet else level)
     for handler in list(logger.handlers):
         if getattr(handler, "_eventsink_cli", False):
             logger.removeHandler(handler)
@@ -128,9 +158,21 @@ def setup_logging(verbose: int, console: Any | None = None) -> None:
 
 def config_error(error: ConfigError) -> click.ClickException:
     """A bad configuration as a clean CLI error (exit status 2), naming the key."""
-    exception = click.ClickException(str(error))
-    exception.exit_code = 2
+    return usage_error(click.ClickException(str(error)))
+
+
+def usage_error(exception: click.ClickException) -> click.ClickException:
+    """``exception`` with the exit status of bad usage (2), e.g. an input file missing."""
+    exception.exit_code = EXIT_USAGE
     return exception
+
+
+def output_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``-v/--verbose`` (repeat for debug) and ``-q/--quiet``, the same on every command."""
+    function = click.option(
+        "-q", "--quiet", is_flag=True, help="Print only errors (and --json output)."
+    )(function)
+    return click.option("-v", "--verbose", count=True, help="Log more (-vv: debug).")(function)
 
 
 def dumps(value: Any) -> str:
@@ -157,6 +199,7 @@ def sink_options(function: Callable[..., Any]) -> Callable[..., Any]:
                 help="A sink, delivery or pipeline option; repeat for several.",
             ),
             click.option(
+                "-c",
                 "--config",
                 "config_file",
                 type=click.Path(dir_okay=False),

@@ -16,13 +16,22 @@ from orjson import dumps
 from ..builder import build
 from ..exceptions import ConfigError, EventError
 from ..pipeline.pipeline import Pipeline
-from ..pipeline.runner import PipelineRunner
 from ..plugins import make_plugin_manager
-from .common import Outcomes, build_config, config_error, setup_logging, sink_options
-from .reader import FORMATS, Malformed, Record, read_records
+from .common import (
+    Outcomes,
+    build_config,
+    close,
+    config_error,
+    deliver,
+    output_options,
+    setup_logging,
+    sink_options,
+    start_runner,
+    usage_error,
+)
+from .interrupt import EXIT_DEAD_LETTERS, EXIT_FAILURE, Interrupted, stop_on_interrupt
+from .reader import FORMATS, Malformed, Record, StableIds, read_records
 
-EXIT_DEAD_LETTERS = 1
-EXIT_MALFORMED = 3
 SHOWN_MALFORMED = 20  # malformed inputs listed one by one; the rest are counted
 
 
@@ -55,9 +64,12 @@ class Counts:
 class Reporter:
     """A rich progress bar on a terminal, or a plain line every ``interval`` seconds."""
 
-    def __init__(self, counts: Counts, *, tty: bool, interval: float = 2.0) -> None:
+    def __init__(
+        self, counts: Counts, *, tty: bool, quiet: bool = False, interval: float = 2.0
+    ) -> None:
         self.counts = counts
         self.tty = tty
+        self.quiet = quiet
         self.interval = 0.1 if tty else interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="eventsink-progress", daemon=True)
@@ -112,19 +124,25 @@ class Reporter:
                     total=max(self.counts.read, 1),
                     line=self.line(),
                 )
-            else:
+            elif not self.quiet:
                 click.echo(f"eventsink: {self.line()}", err=True)
 
 
-def _open_inputs(files: tuple[str, ...]) -> Iterator[tuple[str, BinaryIO]]:
+def _open_inputs(files: tuple[str, ...], quiet: bool) -> Iterator[tuple[str, BinaryIO]]:
     for name in files or ("-",):
         if name == "-":
+            if sys.stdin.isatty() and not quiet:
+                click.echo(
+                    "eventsink: reading events from the terminal, one JSON object a line; "
+                    "end with Ctrl-D (Ctrl-C to stop)",
+                    err=True,
+                )
             yield "<stdin>", sys.stdin.buffer
             continue
         try:
             stream = open(name, "rb")  # noqa: SIM115  # closed below, after reading
         except OSError as error:
-            raise click.FileError(name, error.strerror) from None
+            raise usage_error(click.FileError(name, error.strerror)) from None
         with stream:
             yield name, stream
 
@@ -146,7 +164,7 @@ Examples:
 
 
 @click.command(epilog=EXAMPLES)
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option(
     "-t",
     "--table",
@@ -190,7 +208,7 @@ Examples:
     default=None,
     help="Progress bar on standard error; default: when it is a terminal.",
 )
-@click.option("-v", "--verbose", count=True, help="Log more (repeat for debug).")
+@output_options
 def send(
     files: tuple[str, ...],
     table: str | None,
@@ -205,6 +223,7 @@ def send(
     rejects: str | None,
     progress: bool | None,
     verbose: int,
+    quiet: bool,
 ) -> None:
     """Read events from FILES (or '-' for standard input) and deliver them.
 
@@ -217,13 +236,15 @@ def send(
 
     Events pass through the shared durable outbox (--outbox to choose another): if the run is
     interrupted, the next 'eventsink send' to the same destination delivers what was left.
+    Events read from a file get ids that are the same each time the unchanged file is read,
+    so sending it again after an interruption stores no duplicate.
 
-    Exit status: 0 all delivered; 1 some events were dead-lettered or left undelivered
-    (see 'eventsink status'); 2 bad usage or configuration; 3 some input was malformed
-    (everything else was delivered).
+    Exit status: 0 all delivered; 1 some events left undelivered (--timeout, a paused sink;
+    see 'eventsink status'); 2 bad usage or configuration; 3 some events were set aside
+    (dead-lettered, or malformed input), everything else was delivered; 130 interrupted.
     """
     config = build_config(config_file, sink, options, outbox)
-    tty = sys.stderr.isatty() if progress is None else progress
+    tty = (sys.stderr.isatty() and not quiet) if progress is None else progress
     pm = make_plugin_manager()
     outcomes = Outcomes()
     pm.register(outcomes)
@@ -233,48 +254,48 @@ def send(
         raise config_error(error) from None
     settings = pipeline.settings
     counts = Counts(pipeline)
-    reporter = Reporter(counts, tty=tty)
-    setup_logging(verbose, reporter.console)
-    try:
-        running = PipelineRunner(pipeline, name="eventsink-cli").start()
-    except ConfigError as error:
-        raise config_error(error) from None
+    reporter = Reporter(counts, tty=tty, quiet=quiet)
+    setup_logging(verbose, reporter.console, quiet=quiet)
+    running = start_runner(pipeline)
     restored = sum(pipeline._restored.values())
     tables: Counter[str] = Counter()
     malformed: list[Malformed] = []
-    left = 0
-    interrupted = False
     reject_file = open(rejects, "wb") if rejects else None  # noqa: SIM115
+    summary = _Summary(counts, settings, pipeline, tables, malformed, outcomes, restored, quiet)
     try:
-        with reporter:
-            try:
-                for name, stream in _open_inputs(files):
-                    default = table or _default_table(name)
-                    for item in read_records(stream, name, fmt, detect_types=not no_detect_types):
-                        if type(item) is Record:
-                            try:
-                                _write(pipeline, item, default, table, table_field, tables)
-                            except EventError as error:
-                                bad = Malformed(name, item.where, str(error), dumps(item.data))
-                                _set_aside(bad, malformed, counts, reporter, reject_file)
-                        else:
-                            _set_aside(item, malformed, counts, reporter, reject_file)  # type: ignore[arg-type]
-                        counts.read += 1
-            except KeyboardInterrupt:
-                interrupted = True
-            try:
-                left = running.close(0.5 if interrupted else timeout)
-            except KeyboardInterrupt:
-                interrupted = True
-                left = running.close(0.5)
+        with stop_on_interrupt(running), reporter:
+            for name, stream in _open_inputs(files, quiet):
+                default = table or _default_table(name)
+                stable_id = StableIds.of(stream)
+                items = read_records(stream, name, fmt, detect_types=not no_detect_types)
+                for position, item in enumerate(items):
+                    if type(item) is Record:
+                        if stable_id is not None and item.event_id is None:
+                            item.event_id = stable_id(position)
+                        try:
+                            _write(pipeline, item, default, table, table_field, tables)
+                        except EventError as error:
+                            bad = Malformed(name, item.where, str(error), dumps(item.data))
+                            _set_aside(bad, malformed, counts, reporter, reject_file)
+                    else:
+                        _set_aside(item, malformed, counts, reporter, reject_file)  # type: ignore[arg-type]
+                    counts.read += 1
+            deliver(running, timeout)
+    except Interrupted:
+        summary.show(left=0, interrupted=True)
+        raise
+    except BaseException:
+        close(running)
+        raise
     finally:
         if reject_file is not None:
             reject_file.close()
-    _summary(counts, settings, pipeline, tables, malformed, outcomes, restored, left, interrupted)
-    if counts.failed or left or interrupted:
+    left = close(running)
+    summary.show(left=left, interrupted=False)
+    if left:
+        sys.exit(EXIT_FAILURE)
+    if counts.failed or malformed:
         sys.exit(EXIT_DEAD_LETTERS)
-    if malformed:
-        sys.exit(EXIT_MALFORMED)
 
 
 def _write(
@@ -315,49 +336,62 @@ def _set_aside(
         reject_file.write(item.text + b"\n")
 
 
-def _summary(
-    counts: Counts,
-    settings: Any,
-    pipeline: Pipeline,
-    tables: Counter[str],
-    malformed: list[Malformed],
-    outcomes: Outcomes,
-    restored: int,
-    left: int,
-    interrupted: bool,
-) -> None:
-    elapsed = time.monotonic() - counts.started
-    if len(malformed) > SHOWN_MALFORMED:
+class _Summary:
+    """What ``send`` prints at the end: on standard output, unless ``--quiet``."""
+
+    def __init__(
+        self,
+        counts: Counts,
+        settings: Any,
+        pipeline: Pipeline,
+        tables: Counter[str],
+        malformed: list[Malformed],
+        outcomes: Outcomes,
+        restored: int,
+        quiet: bool,
+    ) -> None:
+        self.counts, self.settings, self.pipeline = counts, settings, pipeline
+        self.tables, self.malformed, self.outcomes = tables, malformed, outcomes
+        self.restored, self.quiet = restored, quiet
+
+    def show(self, left: int, interrupted: bool) -> None:
+        counts, malformed = self.counts, self.malformed
+        elapsed = time.monotonic() - counts.started
+        if len(malformed) > SHOWN_MALFORMED and not self.quiet:
+            click.echo(
+                f"eventsink: ... and {len(malformed) - SHOWN_MALFORMED:,} more malformed",
+                err=True,
+            )
+        if self.quiet:
+            return
+        events = counts.read - counts.malformed
         click.echo(
-            f"eventsink: ... and {len(malformed) - SHOWN_MALFORMED:,} more malformed", err=True
+            f"Read {events:,} event(s)"
+            + (f", {counts.malformed:,} malformed" if malformed else "")
+            + "."
         )
-    events = counts.read - counts.malformed
-    click.echo(
-        f"Read {events:,} event(s)"
-        + (f", {counts.malformed:,} malformed" if malformed else "")
-        + "."
-    )
-    for name, lane in pipeline.lanes.items():
-        click.echo(f"Sent {lane.stats.delivered:,} to {name}")
-    if restored:
-        click.echo(f"  (including {restored:,} left in the outbox by an earlier run)")
-    if tables:
-        listed = ", ".join(f"{name} {count:,}" for name, count in tables.most_common(10))
-        more = f" and {len(tables) - 10} more" if len(tables) > 10 else ""
-        click.echo(f"  events read by table: {listed}{more}")
-    rate = counts.sent / elapsed if elapsed > 0 else 0.0
-    click.echo(f"Took {elapsed:.2f}s ({rate:,.0f} events/s).")
-    for (sink, message), count in outcomes.dead.most_common():
-        click.echo(f"Dead-lettered {count:,} for {sink}: {message}")
-    if counts.failed:
-        click.echo("See them with 'eventsink status'; after fixing the cause: 'eventsink replay'.")
-    if interrupted:
-        click.echo("Interrupted.")
-    if left:
-        click.echo(
-            f"{left:,} event(s) not delivered yet are kept in the outbox; the next "
-            "'eventsink send' to the same destination delivers them."
-        )
-    sqlite_paths = [config.options["path"] for config in settings.sinks if config.type == "sqlite"]
-    if sqlite_paths and not (counts.failed or left or interrupted):
-        click.echo(f"Browse them with: datasette {sqlite_paths[0]}")
+        for name, lane in self.pipeline.lanes.items():
+            click.echo(f"Sent {lane.stats.delivered:,} to {name}")
+        if self.restored:
+            click.echo(f"  (including {self.restored:,} left in the outbox by an earlier run)")
+        if self.tables:
+            listed = ", ".join(f"{name} {count:,}" for name, count in self.tables.most_common(10))
+            more = f" and {len(self.tables) - 10} more" if len(self.tables) > 10 else ""
+            click.echo(f"  events read by table: {listed}{more}")
+        rate = counts.sent / elapsed if elapsed > 0 else 0.0
+        click.echo(f"Took {elapsed:.2f}s ({rate:,.0f} events/s).")
+        for (sink, message), count in self.outcomes.dead.most_common():
+            click.echo(f"Dead-lettered {count:,} for {sink}: {message}")
+        if counts.failed:
+            click.echo(
+                "See them with 'eventsink status'; after fixing the cause: 'eventsink replay'."
+            )
+        if left:
+            click.echo(
+                f"{left:,} event(s) not delivered yet are kept in the outbox; the next "
+                "'eventsink send' to the same destination delivers them."
+            )
+        sinks = self.settings.sinks
+        sqlite_paths = [config.options["path"] for config in sinks if config.type == "sqlite"]
+        if sqlite_paths and not (counts.failed or left or interrupted):
+            click.echo(f"Browse them with: datasette {sqlite_paths[0]}")

@@ -71,7 +71,8 @@ class PipelineRunner:
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coroutine`` on the runner's loop and return its result.
 
-        After ``timeout`` seconds the coroutine is cancelled and ``TimeoutError`` raised.
+        After ``timeout`` seconds the coroutine is cancelled and ``TimeoutError`` raised; a
+        ``KeyboardInterrupt`` while waiting cancels it too.
         """
         if self._loop is None or self._loop.is_closed():
             coroutine.close()
@@ -79,7 +80,9 @@ class PipelineRunner:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result(timeout)
-        except concurrent.futures.TimeoutError:
+        except (concurrent.futures.TimeoutError, KeyboardInterrupt):
+            # The caller stopped waiting (a timeout, Ctrl-C): stop the coroutine too, so it
+            # does not go on beside what the caller does next (e.g. close()).
             future.cancel()
             raise
 

@@ -135,7 +135,7 @@ def make_dead_letters(run, tmp_path) -> None:
     )
     connection.close()
     result = run("send", "-t", "events", input=lines(5))
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # EXIT_DEAD_LETTERS
     assert "Dead-lettered 2 for sqlite" in result.output
 
 
