@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -13,9 +14,21 @@ from ..builder import build
 from ..exceptions import ConfigError
 from ..ids import parse_ulid_or_time
 from ..outbox.sqlite import SQLiteOutbox
-from ..pipeline.runner import PipelineRunner
 from ..plugins import make_plugin_manager
-from .common import Outcomes, build_config, config_error, outbox_path, setup_logging
+from .common import (
+    Outcomes,
+    build_config,
+    close,
+    config_error,
+    deliver,
+    outbox_path,
+    output_options,
+    setup_logging,
+    start_runner,
+)
+from .interrupt import EXIT_DEAD_LETTERS, EXIT_FAILURE, Interrupted, stop_on_interrupt
+
+DEFAULT_TIMEOUT = 60.0  # seconds replay --to waits for delivery before it stops
 
 
 def _matches(name: str, wanted: str | None) -> bool:
@@ -74,6 +87,7 @@ Examples:
     "-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Options of --to."
 )
 @click.option(
+    "-c",
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
@@ -85,9 +99,15 @@ Examples:
     help="Outbox file; default: the shared outbox in the user data directory.",
 )
 @click.option(
-    "--timeout", type=float, metavar="SECONDS", help="When delivering now, stop waiting after this."
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="When delivering now, stop waiting after this long (a receiver that stays down is "
+    "not retried forever); what is left stays in the outbox.",
 )
-@click.option("-v", "--verbose", count=True, help="Log more.")
+@output_options
 def replay(
     since: str | None,
     wanted: str | None,
@@ -96,8 +116,9 @@ def replay(
     options: tuple[str, ...],
     config_file: str | None,
     outbox: str | None,
-    timeout: float | None,
+    timeout: float,
     verbose: int,
+    quiet: bool,
 ) -> None:
     """Re-deliver dead letters: move them back into the outbox.
 
@@ -106,8 +127,8 @@ def replay(
     with --to/-o or --config and replay delivers them now, with the same destination naming
     as 'eventsink send', then reports what it delivered.
 
-    Exit status: 0 done; 1 some events were dead-lettered again or left undelivered;
-    2 bad usage or configuration.
+    Exit status: 0 done; 1 some events left undelivered (--timeout, a paused sink);
+    2 bad usage or configuration; 3 some events were dead-lettered again; 130 interrupted.
     """
     if not dead:
         raise click.UsageError("only dead letters can be replayed: delivered events are not kept")
@@ -115,7 +136,8 @@ def replay(
         bound = parse_ulid_or_time(since) if since else None
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="'--since'") from None
-    setup_logging(verbose)
+    setup_logging(verbose, quiet=quiet)
+    echo = _quiet_echo if quiet else click.echo
     deliver = bool(sink_type or config_file or options)
     config = build_config(config_file, sink_type, options, outbox) if deliver else {}
     if outbox:
@@ -123,50 +145,66 @@ def replay(
     path = outbox_path(config)
     if not deliver:
         if not os.path.exists(path):
-            click.echo(f"No outbox at {path}: nothing to replay.")
+            echo(f"No outbox at {path}: nothing to replay.")
             return
         moved = asyncio.run(_move(path, wanted, bound))
-        _report_moved(moved)
+        _report_moved(moved, echo)
         if moved:
-            click.echo(
+            echo(
                 "A running eventsink process delivers them within a few seconds. If none is "
                 "running, deliver them now: eventsink replay --to TYPE [-o KEY=VALUE ...]"
             )
         return
-    _deliver_now(config, wanted, bound, timeout)
+    _deliver_now(config, wanted, bound, timeout, echo)
 
 
-def _report_moved(moved: dict[str, int]) -> None:
+def _quiet_echo(message: str) -> None:
+    """What ``-q`` leaves of the report: nothing."""
+
+
+def _report_moved(moved: dict[str, int], echo: Callable[[str], None]) -> None:
     if not moved:
-        click.echo("No dead letters matched.")
+        echo("No dead letters matched.")
     for name, count in sorted(moved.items()):
-        click.echo(f"Moved {count:,} dead letter(s) of {name} back into the outbox.")
+        echo(f"Moved {count:,} dead letter(s) of {name} back into the outbox.")
 
 
 def _deliver_now(
-    config: dict[str, Any], wanted: str | None, since: str | None, timeout: Any
+    config: dict[str, Any],
+    wanted: str | None,
+    since: str | None,
+    timeout: float,
+    echo: Callable[[str], None],
 ) -> None:
     pm = make_plugin_manager()
     outcomes = Outcomes()
     pm.register(outcomes)
     try:
         pipeline = build(config, entry_point="cli", pm=pm)
-        running = PipelineRunner(pipeline, name="eventsink-cli").start()
     except ConfigError as error:
         raise config_error(error) from None
+    running = start_runner(pipeline)
     moved: dict[str, int] = {}
     try:
-        for name in pipeline.lanes:
-            if _matches(name, wanted):
-                moved.update(running.run(pipeline.replay(sink=name, since=since)))
-    finally:
-        left = running.close(timeout)
-    _report_moved(moved)
+        with stop_on_interrupt(running):
+            for name in pipeline.lanes:
+                if _matches(name, wanted):
+                    moved.update(running.run(pipeline.replay(sink=name, since=since)))
+            deliver(running, timeout)
+    except Interrupted:
+        raise
+    except BaseException:
+        close(running)
+        raise
+    left = close(running)
+    _report_moved(moved, echo)
     for name, lane in pipeline.lanes.items():
-        click.echo(f"Delivered {lane.stats.delivered:,} to {name}.")
+        echo(f"Delivered {lane.stats.delivered:,} to {name}.")
     for (sink, message), count in outcomes.dead.most_common():
-        click.echo(f"Dead-lettered again: {count:,} for {sink}: {message}")
+        echo(f"Dead-lettered again: {count:,} for {sink}: {message}")
     if left:
-        click.echo(f"{left:,} event(s) not delivered yet are kept in the outbox.")
-    if left or outcomes.dead:
-        sys.exit(1)
+        echo(f"{left:,} event(s) not delivered yet are kept in the outbox.")
+    if left:
+        sys.exit(EXIT_FAILURE)
+    if outcomes.dead:
+        sys.exit(EXIT_DEAD_LETTERS)

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import os
 import sqlite3
+import sys
 import time
 from typing import Any
 
@@ -13,7 +14,8 @@ import click
 
 from ..metrics import prometheus_text, samples
 from ..outbox.sqlite import SQLiteOutbox, ensure_schema
-from .common import dumps, outbox_path
+from .common import dumps, outbox_path, output_options
+from .interrupt import EXIT_DEAD_LETTERS, EXIT_FAILURE, EXIT_OK
 
 
 def _age(created: str | None, now: float) -> float | None:
@@ -129,6 +131,26 @@ def _when(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
+def problems(report: dict[str, Any]) -> tuple[int, list[str]]:
+    """What ``status --check`` reports: an exit status and one line per problem.
+
+    1 when a sink is paused or retrying, or has events pending with no process delivering
+    them; else 3 when there are dead letters; else 0.
+    """
+    failures, dead = [], []
+    undelivered = {item["destination"]: item["pending"] for item in report["undelivered"]}
+    for name, sink in report["sinks"].items():
+        state = sink["failing"]
+        if state:
+            failures.append(f"{name}: {'paused' if state['paused'] else 'retrying'}")
+        elif name in undelivered:
+            failures.append(f"{name}: {undelivered[name]:,} pending, no process delivering")
+        if sink["dead_letters"]:
+            dead.append(f"{name}: {sink['dead_letters']:,} dead letter(s)")
+    code = EXIT_FAILURE if failures else EXIT_DEAD_LETTERS if dead else EXIT_OK
+    return code, failures + dead
+
+
 def render(report: dict[str, Any]) -> str:
     """The human-readable status."""
     lines = [f"Outbox: {report['outbox']}"]
@@ -194,6 +216,7 @@ Examples:
   eventsink status --json | jq .totals
   eventsink status --outbox /var/lib/app/outbox.db
   eventsink status --prometheus > /var/lib/node_exporter/eventsink.prom
+  eventsink status --check -q || echo "eventsink needs attention"
 """
 )
 @click.option(
@@ -208,7 +231,16 @@ Examples:
     help="Print the outbox's gauges in the Prometheus text format (for node_exporter's "
     "textfile collector).",
 )
-def status(outbox: str | None, as_json: bool, prometheus: bool) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 1 if a sink is paused, retrying or has events no process delivers, 3 if "
+    "there are dead letters, 0 if all is well (for cron and monitoring).",
+)
+@output_options
+def status(
+    outbox: str | None, as_json: bool, prometheus: bool, check: bool, verbose: int, quiet: bool
+) -> None:
     """Show what the outbox holds: pending events, dead letters, failing sinks.
 
     Per destination (where a sink delivers, e.g. 'sqlite /home/ada/events.db'): events
@@ -218,13 +250,31 @@ def status(outbox: str | None, as_json: bool, prometheus: bool) -> None:
     failing with the last error, and dead letters grouped by destination and error. Reads the
     outbox file (upgrading one written by an older eventsink); works whether or not a process
     is delivering from it.
+
+    Exit status: 0; with --check, 1 when a destination is paused or retrying or has pending
+    events no process delivers, 3 when there are dead letters (and nothing worse); 1 when the
+    file is not an outbox.
     """
     path = outbox_path({"outbox": outbox})
-    report = asyncio.run(read_status(path))
+    try:
+        report = asyncio.run(read_status(path))
+    except sqlite3.DatabaseError as error:
+        raise click.ClickException(f"cannot read the outbox {path}: {error}") from None
     if prometheus:
         click.echo(prometheus_report(report), nl=False)
+    elif as_json:
+        click.echo(dumps(report))
+    elif not quiet:
+        click.echo(render(report))
+    if not check:
         return
-    click.echo(dumps(report) if as_json else render(report))
+    code, found = problems(report)
+    if not quiet:
+        verdict = "ok" if code == EXIT_OK else "needs attention"
+        click.echo(f"eventsink status: {verdict}", err=True)
+        for line in found:
+            click.echo(f"  {line}", err=True)
+    sys.exit(code)
 
 
 def prometheus_report(report: dict[str, Any]) -> str:
