@@ -114,3 +114,46 @@ class TestInterruptedWhileReading:
         assert process.returncode == 130, err
         assert "Traceback" not in err
         assert "Interrupted: 0 events kept in the outbox; run again to deliver them" in err
+
+
+class TestReplayTo:
+    """replay --to a receiver that stays down stops: after --timeout, or at once on Ctrl-C."""
+
+    def dead_letters_for_a_down_receiver(self, tmp_path: Path) -> str:
+        from eventsink.testing.receiver import free_port
+
+        url = f"http://127.0.0.1:{free_port()}/data/-/create"  # nothing listens there
+        sent = subprocess.run(
+            [EVENTSINK, "send", "--outbox", "outbox.db", "--sink", "datasette",
+             "-o", f"api_url={url}", "-o", "max_attempts=1"],
+            input=b'{"n": 1}\n{"n": 2}\n', cwd=tmp_path, capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert sent.returncode == 3, sent.stderr  # dead-lettered after one attempt
+        return url
+
+    def test_timeout_leaves_them_in_the_outbox(self, tmp_path):
+        url = self.dead_letters_for_a_down_receiver(tmp_path)
+        replay = subprocess.run(
+            [EVENTSINK, "replay", "--outbox", "outbox.db", "--to", "datasette",
+             "-o", f"api_url={url}", "--timeout", "0.5"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert replay.returncode == 1, replay.stderr
+        assert "Moved 2 dead letter(s)" in replay.stdout
+        assert "2 event(s) not delivered yet are kept in the outbox" in replay.stdout
+        assert "Traceback" not in replay.stderr
+
+    def test_sigint_while_retrying(self, tmp_path):
+        url = self.dead_letters_for_a_down_receiver(tmp_path)
+        process = start(
+            tmp_path, "replay", "--outbox", "outbox.db", "--to", "datasette", "-o", f"api_url={url}"
+        )
+        outbox = tmp_path / "outbox.db"
+        wait_until(
+            lambda: count_rows(outbox, "select max(attempts) from eventsink_outbox")[0] or 0,
+            timeout=60,
+        )
+        _, err = interrupt(process, signal.SIGINT)
+        assert process.returncode == 130, err
+        assert "Traceback" not in err and "Task was destroyed" not in err
+        assert "Interrupted: 2 events kept in the outbox; run again to deliver them" in err
