@@ -8,7 +8,6 @@ shows that source's parameters (from its module's ``CONFIG``). Parameters are gi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
@@ -25,7 +24,8 @@ from ..plugins import lookup, make_plugin_manager, source_classes
 from ..pull.checkpoints import CheckpointStore
 from ..pull.puller import DEFAULT_READ_SIZE, Puller, masked
 from ..pull.source import DataSource
-from .common import build_config
+from .common import build_config, close, deliver, setup_logging, start_runner
+from .interrupt import EXIT_DEAD_LETTERS, EXIT_FAILURE, Interrupted, stop_on_interrupt
 
 logger = logging.getLogger("eventsink")
 
@@ -40,16 +40,16 @@ def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
     return pairs
 
 
+PROGRESS_HELP = "Show a progress bar; default: when standard error is a terminal."
+EXIT_HELP = (
+    "Exit status: 0 all read and delivered; 1 a failure, or events left undelivered "
+    "(--flush-timeout); 2 bad usage or configuration; 3 some events were dead-lettered; "
+    "130 interrupted (run again: it resumes after the checkpoint)."
+)
+
+
 def _envvar(source: str, param: str) -> str:
     return f"EVENTSINK_{source}_{param}".upper().replace("-", "_")
-
-
-def _setup_logging(verbose: int) -> None:
-    if verbose and not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
 
 
 def _param_help(param: dict[str, Any]) -> str:
@@ -84,11 +84,8 @@ def _source_command(name: str, cls: type[DataSource]) -> click.Command:
             )
         )
     options += [
-        click.Option(
-            ["-p", "--param", "param_pairs"],
-            multiple=True,
-            metavar="NAME=VALUE",
-            help="A source parameter (repeatable); the same as --NAME VALUE.",
+        click.Option(  # the old spelling of --NAME VALUE, kept working
+            ["-p", "--param", "param_pairs"], multiple=True, metavar="NAME=VALUE", hidden=True
         ),
         click.Option(
             ["--sink"],
@@ -134,9 +131,10 @@ def _source_command(name: str, cls: type[DataSource]) -> click.Command:
             show_default=True,
             help="Seconds to wait for delivery at the end; the rest stays in the outbox.",
         ),
-        click.Option(["--progress/--no-progress"], default=True, help="Show a progress bar."),
+        click.Option(["--progress/--no-progress"], default=None, help=PROGRESS_HELP),
         click.Option(["--json", "as_json"], is_flag=True, help="Print the final status as JSON."),
         click.Option(["-v", "--verbose"], count=True, help="Log to stderr (-vv: debug)."),
+        click.Option(["-q", "--quiet"], is_flag=True, help="Print only errors (and --json)."),
     ]
 
     def callback(**kwargs: Any) -> None:
@@ -147,7 +145,9 @@ def _source_command(name: str, cls: type[DataSource]) -> click.Command:
         params=options,
         callback=callback,
         help=f"Pull from the {name} source: {config.get('title', name)}.\n\n"
-        + (cls.__doc__ or "").strip().splitlines()[0],
+        + (cls.__doc__ or "").strip().splitlines()[0]
+        + "\n\n"
+        + EXIT_HELP,
         short_help=config.get("title", name),
     )
 
@@ -181,7 +181,7 @@ def pull() -> None:
 
 
 def _pull(name: str, cls: type[DataSource], params: list[dict[str, Any]], kw: dict[str, Any]):
-    _setup_logging(kw["verbose"])
+    setup_logging(kw["verbose"], quiet=kw["quiet"])
     given = _pairs(kw["param_pairs"], "-p")
     for param in params:
         if kw.get(param["name"]) is not None:
@@ -215,7 +215,7 @@ def _pull(name: str, cls: type[DataSource], params: list[dict[str, Any]], kw: di
         logger.warning("eventsink pull: an in-memory outbox keeps no checkpoint; no resume")
     logger.info("eventsink pull %s: %s", name, masked(source.source))
     try:
-        status = asyncio.run(_run(source, pipeline, store, kw))
+        status = _run(source, pipeline, store, kw)
     except EventsinkError as error:
         raise click.ClickException(f"pull {name}: {error}") from None
     finally:
@@ -223,25 +223,35 @@ def _pull(name: str, cls: type[DataSource], params: list[dict[str, Any]], kw: di
     if kw["as_json"]:
         click.echo(json.dumps(status, default=str))
     resumed = f", resumed after {status['resumed_from']}" if status["resumed_from"] else ""
-    click.echo(
-        f"eventsink pull {name}: read {status['read']} record(s) into "
-        f"{status['destination']!r}{resumed}; {status['left']} left in the outbox",
-        err=True,
-    )
+    if not kw["quiet"]:
+        click.echo(
+            f"eventsink pull {name}: read {status['read']} record(s) into "
+            f"{status['destination']!r}{resumed}; {status['left']} left in the outbox",
+            err=True,
+        )
+    if status["left"]:
+        sys.exit(EXIT_FAILURE)
+    if status["dead_lettered"]:
+        sys.exit(EXIT_DEAD_LETTERS)
 
 
-async def _run(source: DataSource, pipeline: Pipeline, store: CheckpointStore, kw: dict):
+def _run(
+    source: DataSource, pipeline: Pipeline, store: CheckpointStore, kw: dict
+) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    await pipeline.start()
+    running = start_runner(pipeline)
+    progress = kw["progress"]
+    if progress is None:
+        progress = sys.stderr.isatty() and not kw["quiet"]
     bar = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
-        disable=not kw["progress"],
+        disable=not progress,
         transient=False,
     )
     task = bar.add_task(f"{source.name} -> {source.destination}", total=None)
@@ -262,11 +272,22 @@ async def _run(source: DataSource, pipeline: Pipeline, store: CheckpointStore, k
         on_progress=on_progress,
     )
     try:
-        with bar:
-            await puller.run()
-    finally:
-        left = await pipeline.close(kw["flush_timeout"])
-    return {**puller.status(), "left": left, "accepted": pipeline.intake.accepted}
+        with stop_on_interrupt(running), bar:
+            running.run(puller.run())
+            deliver(running, kw["flush_timeout"])
+    except Interrupted:
+        raise
+    except BaseException:
+        close(running)
+        raise
+    left = close(running)
+    dead = sum(lane.stats.dead_lettered for lane in pipeline.lanes.values())
+    return {
+        **puller.status(),
+        "left": left,
+        "accepted": pipeline.intake.accepted,
+        "dead_lettered": dead,
+    }
 
 
 @click.command(name="sources")
