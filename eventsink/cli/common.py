@@ -27,15 +27,31 @@ from .interrupt import EXIT_USAGE, signals_ignored
 DEFAULT_SINK = ENTRY_POINTS["cli"].sink
 
 
-def parse_option_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
-    """``("path=x.db", "batch_limit=500")`` -> a dict; a pair without ``=`` is a usage error."""
-    options = {}
+def parse_option_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``("path=x.db", "batch_limit=500")`` -> a dict; a pair without ``=`` is a usage error.
+
+    A value ``{"$env": "NAME"}`` or ``{"$file": "PATH"}`` (JSON) is read from the environment
+    or a file, as in a configuration file, so a secret need not be on the command line.
+    """
+    options: dict[str, Any] = {}
     for pair in pairs:
         key, equals, value = pair.partition("=")
         if not equals or not key.strip():
             raise click.BadParameter(f"{pair!r} is not key=value", param_hint="'-o'")
-        options[key.strip()] = value
+        options[key.strip()] = _reference(value)
     return options
+
+
+def _reference(value: str) -> Any:
+    if not value.lstrip().startswith("{"):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    if isinstance(parsed, dict) and set(parsed) in ({"$env"}, {"$file"}):
+        return parsed
+    return value
 
 
 def load_config_file(path: str) -> dict[str, Any]:

@@ -158,7 +158,7 @@ Examples:
   cat events.jsonl | eventsink send --table clicks
   eventsink send signups.csv orders.json --table-field type
   eventsink send events.jsonl --sink datasette \\
-      -o url=https://example.com/data/-/create -o token='{"$env": "DS_TOKEN"}'
+      -o api_url=https://example.com/data/-/create -o api_token='{"$env": "DS_TOKEN"}'
   eventsink send events.jsonl --config eventsink.yaml --timeout 60
 """
 
