@@ -35,12 +35,16 @@ class Interrupted(click.ClickException):
 
     exit_code = EXIT_INTERRUPTED
 
-    def __init__(self, kept: int | None = None, *, durable: bool = True, where: str = "") -> None:
+    def __init__(
+        self, kept: int | None = None, *, durable: bool = True, bare: bool = False
+    ) -> None:
         self.kept = kept
-        if where:
-            message = f"Interrupted: {where}"
-        elif kept is None:
+        if bare:
             message = "Interrupted."
+        elif kept is None:
+            message = (
+                "Interrupted: undelivered events are kept in the outbox; run again to deliver them"
+            )
         elif durable:
             message = (
                 f"Interrupted: {kept:,} event{'' if kept == 1 else 's'} kept in the outbox; "
@@ -67,7 +71,7 @@ def handle_interrupts() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        raise Interrupted() from None
+        raise Interrupted(bare=True) from None  # a command with no pipeline running
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -89,20 +93,26 @@ def signals_ignored() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def kept_in_outbox(path: str, sinks: Iterable[str]) -> int:
-    """How many events the outbox file holds for ``sinks`` (read directly, never created)."""
-    names = list(sinks)
-    if not names or not os.path.exists(path):
+def kept_in_outbox(path: str, destinations: Iterable[str]) -> int | None:
+    """How many events the outbox file holds for ``destinations`` (``None``: unreadable).
+
+    Read directly from the file (never created), so it is what the next run finds there.
+    """
+    keys = list(destinations)
+    if not keys or not os.path.exists(path):
         return 0
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
     try:
-        marks = ",".join("?" * len(names))
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return None
+    try:
+        marks = ",".join("?" * len(keys))
         (count,) = connection.execute(
-            f"select count(*) from eventsink_outbox where sink in ({marks})", names
+            f"select count(*) from eventsink_outbox where destination in ({marks})", keys
         ).fetchone()
         return int(count)
     except sqlite3.Error:
-        return 0
+        return None
     finally:
         connection.close()
 
@@ -118,8 +128,8 @@ def stop_pipeline(running: Any) -> Interrupted:
         left = running.close(STOP_TIMEOUT)
         if not pipeline.outbox.durable:
             return Interrupted(left, durable=False)
-        path = getattr(pipeline.settings, "outbox", "")
-        return Interrupted(kept_in_outbox(path, pipeline.lanes))
+        destinations = [lane.destination for lane in pipeline.lanes.values()]
+        return Interrupted(kept_in_outbox(pipeline.settings.outbox or "", destinations))
 
 
 @contextlib.contextmanager
