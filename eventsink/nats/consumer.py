@@ -289,7 +289,7 @@ class JetStreamConsumer:
                 self.sink_config.delivery,
                 self.outbox,
                 hooks=self.hooks,
-                settle=lambda count, events: None,
+                capacity=None,  # the events wait in the stream, not counted here
             )
             if self._stop.is_set():
                 self.lane.stop()

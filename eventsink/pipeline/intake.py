@@ -6,21 +6,20 @@ the ``eventsink_enrich`` and ``eventsink_filter`` hooks. It runs on the writer's
 
 :class:`Intake` is the thread-safe buffer between writers and the event loop. Writers append
 under a lock and wake the loop only when the buffer goes from empty to non-empty, so a burst of
-writes costs one cross-thread wake-up, not one per event. It also enforces ``max_events`` and
-``max_bytes``: the number of undelivered events (one per sink) the pipeline will hold, and the
-bytes of their data (its JSON), with the overflow policy; and ``max_uncommitted``, the events
-accepted but not yet committed to the outbox, which are held in memory: beyond it writers wait
-for the next commit (``drop_newest`` drops instead), so a writer faster than the outbox never
-grows the process's memory.
+writes costs one cross-thread wake-up, not one per event. It applies the overflow policy when
+the pipeline's :class:`~eventsink.pipeline.capacity.Capacity` (``max_events``, ``max_bytes``)
+has no room (the capacity itself is counted there, not here), and ``max_uncommitted``: the
+events accepted but not yet committed to the outbox, which are held in memory. Beyond it
+writers wait for the next commit (``drop_newest`` drops instead), so a writer faster than the
+outbox never grows the process's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -30,6 +29,7 @@ from ..event import Event, normalise
 from ..exceptions import ClosedError, EventError, OverflowDropped
 from ..ids import IdGenerator
 from ..plugins import Hooks
+from .capacity import Capacity
 from .pacing import LogThrottle
 
 logger = logging.getLogger("eventsink")
@@ -112,56 +112,57 @@ def _plugin(step: Callable[..., Any]) -> str:
 
 
 class Intake:
-    """The bounded, thread-safe buffer of accepted events not yet in the outbox.
+    """The thread-safe buffer of accepted events not yet in the outbox.
 
-    ``rows`` counts undelivered events per sink (in this buffer and in the outbox) against
-    ``capacity``; ``bytes`` their data's JSON size against ``max_bytes`` (only counted when
-    ``max_bytes`` is set). ``wake`` is called (from any thread) when the buffer becomes
-    non-empty.
+    Room is :class:`~eventsink.pipeline.capacity.Capacity`'s to give: the intake reserves it
+    for each accepted event and applies the overflow policy when there is none; the lanes give
+    it back. ``wake`` is called (from any thread) when the buffer becomes non-empty.
     """
 
     def __init__(
         self,
         *,
-        sink_count: int,
-        capacity: int,
+        capacity: Capacity,
         overflow: str,
         wake: Callable[[], None],
-        max_bytes: int | None = None,
         max_uncommitted: int | None = None,
     ) -> None:
-        self.sink_count = sink_count
         self.max_uncommitted = max_uncommitted
         self.uncommitted = 0  # accepted, not yet committed (or dropped) by the writer
         self.capacity = capacity
-        self.max_bytes = max_bytes
-        self.bytes = 0
         self.overflow = overflow
         self._wake = wake
-        self._lock = threading.Lock()
-        self._space = threading.Condition(self._lock)
-        self._space_async: asyncio.Event | None = None
+        self._lock = capacity.lock  # room is checked and taken in one step
         self._buffer: list[Event] = []
         self._group: asyncio.Future[None] | None = None
-        self.rows = 0
         self.accepted = 0
         self.closed = False
         self.dropped: Counter[str] = Counter()
         self._log = LogThrottle(60.0)
 
+    @property
+    def rows(self) -> int:
+        """Undelivered events counted against ``max_events`` (one per sink)."""
+        return self.capacity.rows
+
+    @property
+    def bytes(self) -> int:
+        """Their data's bytes, counted against ``max_bytes`` (0 when it is not set)."""
+        return self.capacity.bytes
+
     # -- writers ---------------------------------------------------------------------------
 
     def _size(self, event: Event) -> int:
         """The bytes ``event`` adds (all sinks), checked to fit at all; 0 without a limit."""
-        if self.max_bytes is None:
-            return 0
-        size = len(event.data_json()) * self.sink_count
-        if size > self.max_bytes:
+        capacity = self.capacity
+        size = capacity.size_of(event)
+        if capacity.max_bytes is not None and size > capacity.max_bytes:
             self.count_drop("too_large", 1)
-            copies = f" (once per sink, {self.sink_count} sinks)" if self.sink_count > 1 else ""
+            sinks = capacity.sink_count
+            copies = f" (once per sink, {sinks} sinks)" if sinks > 1 else ""
             raise OverflowDropped(
                 f"the event's data is {size:,} bytes{copies}, more than max_bytes "
-                f"({self.max_bytes:,}) can ever hold"
+                f"({capacity.max_bytes:,}) can ever hold"
             )
         return size
 
@@ -169,24 +170,17 @@ class Intake:
         return self.max_uncommitted is not None and self.uncommitted >= self.max_uncommitted
 
     def _full(self, size: int) -> bool:
-        if self._unsettled():
-            return True
-        if self.rows + self.sink_count > self.capacity:
-            return True
-        return self.max_bytes is not None and self.bytes + size > self.max_bytes
+        return self._unsettled() or self.capacity.full(size)
 
     def _describe_full(self) -> str:
         if self._unsettled():
             return f"{self.max_uncommitted} events are waiting for the outbox (max_uncommitted)"
-        if self.rows + self.sink_count > self.capacity:
-            return f"the outbox holds its maximum of {self.capacity} undelivered events"
-        return f"the outbox holds its maximum of {self.max_bytes:,} bytes of undelivered events"
+        return self.capacity.describe_full()
 
     def _accept(self, event: Event, size: int) -> bool:
         """Append under the lock; return True when the caller must wake the loop."""
         self._buffer.append(event)
-        self.rows += self.sink_count
-        self.bytes += size
+        self.capacity.reserve(size)
         self.accepted += 1
         self.uncommitted += 1
         return len(self._buffer) == 1
@@ -205,7 +199,7 @@ class Intake:
 
     def _overflow_locked(self, size: int, block_timeout: float | None) -> None:
         if self.overflow == "block":
-            if not self._space.wait_for(
+            if not self.capacity.space.wait_for(
                 lambda: not self._full(size) or self.closed, timeout=block_timeout
             ):
                 self.count_drop("overflow", 1)
@@ -216,7 +210,7 @@ class Intake:
             self.count_drop("overflow", 1)
             raise OverflowDropped(self._describe_full())
         elif self._unsettled():  # drop_oldest drops committed rows: wait for the commit
-            if not self._space.wait_for(
+            if not self.capacity.space.wait_for(
                 lambda: not self._unsettled() or self.closed, timeout=block_timeout
             ):
                 self.count_drop("overflow", 1)
@@ -245,10 +239,7 @@ class Intake:
                         self._group = asyncio.get_running_loop().create_future()
                     group = self._group
                     break
-            if self._space_async is None:
-                self._space_async = asyncio.Event()
-            self._space_async.clear()
-            await self._space_async.wait()
+            await self.capacity.wait_for_space_async()
         if wake:
             self._wake()
         if wait_committed and group is not None:
@@ -267,42 +258,7 @@ class Intake:
         """The writer has committed (or dropped) ``count`` taken events: make room."""
         with self._lock:
             self.uncommitted = max(0, self.uncommitted - count)
-            self._space.notify_all()
-        if self._space_async is not None:
-            self._space_async.set()
-
-    def excess(self) -> int:
-        """Rows to drop to be within both limits again (for ``drop_oldest``).
-
-        Over ``max_bytes``, the count is estimated from the average row size, so the caller
-        asks again after dropping.
-        """
-        with self._lock:
-            over = max(0, self.rows - self.capacity)
-            if self.max_bytes is not None and self.bytes > self.max_bytes and self.rows:
-                average = self.bytes / self.rows
-                over = max(over, -(-int(self.bytes - self.max_bytes) // max(1, int(average))))
-            return over
-
-    def settle(self, rows: int, events: Sequence[Event] = ()) -> None:
-        """``rows`` deliveries are finished (acked, dead-lettered or dropped): make room.
-
-        ``events`` are the finished events, for the byte count when ``max_bytes`` is set.
-        """
-        size = sum(len(event.data_json()) for event in events) if self.max_bytes else 0
-        with self._lock:
-            self.rows = max(0, self.rows - rows)
-            # Replayed dead letters are counted by number only, so this may go below zero.
-            self.bytes = max(0, self.bytes - size)
-            self._space.notify_all()
-        if self._space_async is not None:
-            self._space_async.set()
-
-    def restore(self, rows: int, size: int = 0) -> None:
-        """Count rows (and their data's bytes) found in the outbox at start."""
-        with self._lock:
-            self.rows += rows
-            self.bytes += size
+        self.capacity.release_waiters()
 
     def count_drop(self, reason: str, count: int) -> None:
         """Count dropped events by reason; log at most once a minute per reason."""
@@ -320,9 +276,7 @@ class Intake:
         """Refuse further events and release blocked writers."""
         with self._lock:
             self.closed = True
-            self._space.notify_all()
-        if self._space_async is not None:
-            self._space_async.set()
+        self.capacity.release_waiters()
 
     def __len__(self) -> int:
         return len(self._buffer)

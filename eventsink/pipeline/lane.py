@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ from ..metrics import Histogram, error_kind, record_send_duration
 from ..outbox.base import Failure, Leased, Outbox
 from ..plugins import Hooks
 from ..sink import Sink, call_maybe_sync
+from .capacity import Capacity
 from .pacing import LogThrottle, TokenBucket, backoff_delay
 
 logger = logging.getLogger("eventsink")
@@ -121,7 +122,7 @@ class Lane:
         outbox: Outbox,
         *,
         hooks: Hooks,
-        settle: Callable[[int, Sequence[Event]], None],
+        capacity: Capacity | None,
         poll_interval: float | None = None,
         destination: str | None = None,
     ) -> None:
@@ -132,7 +133,7 @@ class Lane:
         self.settings = settings
         self.outbox = outbox
         self.hooks = hooks
-        self._settle = settle
+        self.capacity = capacity  # None: the events are not counted here (consume)
         self.poll_interval = poll_interval
         self.limiter = TokenBucket(settings.max_rate, settings.time_period)
         self.send_slots = send_slots(sink, settings.concurrency)
@@ -216,6 +217,20 @@ class Lane:
                 self._hot[0] = Leased(chunk.events[room:], chunk.handles[room:])
         self._hot_count -= len(events)
         return Leased(events, handles)
+
+    async def drop_oldest(self, count: int) -> list[Event]:
+        """Drop up to ``count`` of this sink's oldest undelivered events not being sent.
+
+        For ``overflow: drop_oldest``: first from the backlog in the outbox, then from the
+        events leased at append. The dropped events are finished (their room given back).
+        """
+        dropped = await self.outbox.drop_oldest(self.destination, count)
+        self.pending = max(0, self.pending - len(dropped))
+        if len(dropped) < count:
+            dropped += await self.discard_oldest(count - len(dropped))
+        if dropped:
+            self._finish(len(dropped), dropped)
+        return dropped
 
     async def discard_oldest(self, count: int) -> list[Event]:
         """Remove up to ``count`` of the oldest events leased at append and not yet sent.
@@ -546,9 +561,15 @@ class Lane:
             raise
         self.stats.record_send(time.perf_counter() - started, len(batch))
 
+    def finish_unstored(self, events: Sequence[Event]) -> None:
+        """``events`` were dropped before they reached the outbox: finished for this lane."""
+        self._finish(len(events), events)
+
     def _finish(self, count: int, events: Sequence[Event] = ()) -> None:
+        """``count`` of this lane's events are finished: count them and give their room back."""
         self.settled += count
-        self._settle(count, events)
+        if self.capacity is not None:
+            self.capacity.settle(count, events)
 
     def _failure(self, leased: Leased, error: BaseException) -> Failure:
         now = time.time()

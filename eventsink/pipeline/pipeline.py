@@ -35,6 +35,7 @@ from ..outbox.base import SinkBacklog
 from ..outbox.sqlite import SQLiteOutbox
 from ..plugins import Hooks, hook_chain, lookup, make_plugin_manager, sink_classes
 from ..sink import Sink, call_maybe_sync
+from .capacity import Capacity
 from .history import STEP, SinkHistory
 from .intake import EventFactory, Intake
 from .lane import Lane
@@ -140,13 +141,17 @@ class Pipeline:
             filters=hook_chain(self.pm, "eventsink_filter"),
             hooks=self.hooks,
         )
-        self.intake = Intake(
+        self.capacity = Capacity(
+            max_events=settings.max_events or self.outbox.default_max_events,
             sink_count=len(self.sinks),
-            capacity=settings.max_events or self.outbox.default_max_events,
             max_bytes=settings.max_bytes,
-            max_uncommitted=settings.max_uncommitted,
+            on_settle=self._progressed,
+        )
+        self.intake = Intake(
+            capacity=self.capacity,
             overflow=settings.overflow,
             wake=self._wake_from_any_thread,
+            max_uncommitted=settings.max_uncommitted,
         )
         poll = POLL_INTERVAL if self.outbox.shared else None
         destinations = destination_keys(self.sinks)
@@ -157,7 +162,7 @@ class Pipeline:
                 config.delivery,
                 self.outbox,
                 hooks=self.hooks,
-                settle=self._settle,
+                capacity=self.capacity,
                 poll_interval=poll,
                 destination=destinations[config.name],
             )
@@ -214,7 +219,7 @@ class Pipeline:
                     lane.destination,
                 )
                 self._restored[name] = rows
-                self.intake.restore(rows, left.pending_bytes if left else 0)
+                self.capacity.restore(rows, left.pending_bytes if left else 0)
                 lane.notify(rows)
         for lane in self.lanes.values():
             try:
@@ -404,28 +409,21 @@ class Pipeline:
                 )
         self.intake.dropped[reason] += len(events)
         for lane in self.lanes.values():
-            lane.settled += len(events)
-        self._settle(len(events) * len(self.lanes), events)
+            lane.finish_unstored(events)
 
     async def _drop_oldest(self) -> None:
-        while excess := self.intake.excess():
+        while excess := self.capacity.excess():
             per_lane = -(-excess // len(self.lanes))
             total = 0
             for lane in self.lanes.values():
-                dropped = await self.outbox.drop_oldest(lane.destination, per_lane)
-                lane.pending = max(0, lane.pending - len(dropped))
-                if len(dropped) < per_lane:
-                    dropped += await lane.discard_oldest(per_lane - len(dropped))
+                dropped = await lane.drop_oldest(per_lane)
                 if dropped:
-                    lane.settled += len(dropped)
                     self.intake.count_drop("overflow", len(dropped))
-                    self._settle(len(dropped), dropped)
                 total += len(dropped)
             if not total:
                 return  # everything left is being sent
 
-    def _settle(self, rows: int, events: Sequence[Event] = ()) -> None:
-        self.intake.settle(rows, events)
+    def _progressed(self) -> None:
         if self._progress is not None:
             self._progress.set()
 
@@ -494,7 +492,7 @@ class Pipeline:
                 await call_maybe_sync(lane.sink.close)
             except Exception:
                 logger.exception("eventsink sink %r failed to close", lane.name)
-        left = 0 if delivered_all else self.intake.rows
+        left = 0 if delivered_all else await self._left_behind()
         if self.metrics_server is not None:
             await self.metrics_server.close()
         try:
@@ -505,6 +503,24 @@ class Pipeline:
             where = "kept in the outbox" if self.outbox.durable else "lost (in-memory outbox)"
             logger.warning("eventsink closed with %d undelivered event(s), %s", left, where)
         return left
+
+    async def _left_behind(self) -> int:
+        """What this pipeline's sinks still have in the outbox, plus events never stored.
+
+        Read from the outbox itself, not from the counts kept while running, so what
+        ``close()`` reports is what the next start will find.
+        """
+        try:
+            backlog = await self.outbox.backlog()
+        except Exception as error:  # unreadable (a full disk...): the running count must do
+            logger.warning("eventsink could not count what is left in the outbox: %s", error)
+            return self.capacity.rows
+        held = sum(
+            sink.pending + sink.in_flight
+            for destination, sink in backlog.items()
+            if destination in self._destinations
+        )
+        return held + len(self.intake)  # buffered events the writer could not store
 
     async def _stop_writer(self) -> None:
         """Let the writer append what is still buffered, then return (the intake is closed)."""
@@ -541,7 +557,7 @@ class Pipeline:
             name = self._destinations.get(key)
             if name is not None:
                 self._restored[name] += count
-                self.intake.restore(count)
+                self.capacity.restore(count)
                 self.lanes[name].notify(count)
             by_name[name or key] = count
         return by_name
