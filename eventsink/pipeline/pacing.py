@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+_EPSILON = 1e-9
 
 
 class TokenBucket:
     """Allow at most ``rate`` acquisitions per ``period`` seconds, in bursts of up to ``rate``.
 
     The bucket starts full, so over ``t`` seconds at most ``rate * (1 + t / period)`` calls get
-    through. ``rate=None`` means unlimited.
+    through. ``rate=None`` means unlimited. ``clock`` and ``sleep`` are injectable, so a test
+    can run the bucket on virtual time.
     """
 
     def __init__(
@@ -21,10 +24,12 @@ class TokenBucket:
         period: float = 1.0,
         *,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.rate = rate
         self.period = period
         self._clock = clock
+        self._sleep = sleep
         self._tokens = float(rate or 0)
         self._updated = clock()
 
@@ -42,7 +47,7 @@ class TokenBucket:
         if self.rate is None:
             return 0.0
         self._refill()
-        if self._tokens >= 1:
+        if self._tokens >= 1 - _EPSILON:  # a float short of 1 after waiting exactly long enough
             return 0.0
         return (1 - self._tokens) * self.period / self.rate
 
@@ -51,8 +56,8 @@ class TokenBucket:
         if self.rate is None:
             return
         while (wait := self.delay()) > 0:
-            await asyncio.sleep(wait)
-        self._tokens -= 1
+            await self._sleep(wait)
+        self._tokens = max(0.0, self._tokens - 1)
 
 
 def backoff_delay(
