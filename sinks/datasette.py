@@ -369,10 +369,12 @@ class DatasetteSink(Sink):
         fall back: it pauses (the lane keeps every event) until ``api_url`` is changed.
         """
         insert = _without_secrets(f"{self.db_url}/{tilde_encode(table)}/-/insert")
+        moved_to = type(self)(api_url=insert).destination
         return ConfigError(
             f"{self.describe()} refuses 'ignore' (Datasette before 1.0a2 does not accept it "
             f"on /-/create): create the table {table!r} with an 'id' primary key at the "
-            f"receiver, then set api_url to {insert}",
+            f"receiver, set api_url to {insert}, and give it the events kept here with "
+            f"eventsink outbox move '{self.destination}' '{moved_to}'",
             key="api_url",
         )
 

@@ -2,20 +2,24 @@
 
 Datasette 1.0a0 answers every ``/-/create`` that carries ``ignore`` with 400 "Invalid keys:
 ignore". That refusal is about the receiver, not the rows: the sink pauses with a message
-naming the ``/-/insert`` URL to use, keeps every event, and a client switched to that URL
-delivers them all. 1.0a0 runs from a venv of its own, made once and kept in pytest's cache.
+naming the ``/-/insert`` URL to use and the ``eventsink outbox move`` that gives that
+destination the kept events, keeps every event, and a client switched to that URL delivers them
+all. 1.0a0 runs from a venv of its own, made once and kept in pytest's cache.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 import eventsink
+from eventsink.cli import cli
 from eventsink.testing import wait_until
 from eventsink.testing.receiver import DatasetteReceiver
 
@@ -83,6 +87,13 @@ def test_a_create_url_on_alpha0_pauses_then_the_insert_url_delivers_everything(
             headers={"authorization": f"Bearer {receiver.token}"},
         )
         assert made.status_code == 201, made.text
+        move = re.search(r"eventsink outbox move '([^']+)' '([^']+)'", paused)
+        assert move, paused
+        moved = CliRunner().invoke(
+            cli, ["outbox", "move", *move.groups(), "--outbox", outbox, "-y"]
+        )
+        assert moved.exit_code == 0, moved.output
+        assert "Moved 71 pending event(s)" in moved.output
         with eventsink.Client(
             sink="datasette",
             api_url=insert_url,
