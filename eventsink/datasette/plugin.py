@@ -123,8 +123,15 @@ class PluginState:
             logger.log(level, "%s", message)
 
     def record_error(self, error: BaseException) -> None:
-        """Count an event ``track_event`` could not record and log it, throttled."""
+        """Count an event ``track_event`` could not record and log it, throttled.
+
+        An unexpected exception loses the event: it is also counted as dropped
+        (``plugin_error``) where the status page and the metrics show drops. Refusals by the
+        pipeline count themselves; an event not committed in time may still be.
+        """
         self.hook_errors += 1
+        if self.pipeline is not None and not isinstance(error, (EventsinkError, TimeoutError)):
+            self.pipeline.intake.count_drop("plugin_error", 1)
         suppressed = self.drop_log.allow("drop")
         if suppressed is not None:
             logger.warning(

@@ -91,6 +91,7 @@ async def status_document(datasette: Any) -> dict[str, Any]:
             "sinks": {},
         }
     document = await pipeline.status()
+    document["hook_errors"] = state.hook_errors  # events track_event could not record
     now = time.time()
     for sink in document["sinks"].values():
         sink["last_success_at"] = _when(sink["last_success"])

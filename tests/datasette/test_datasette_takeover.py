@@ -146,6 +146,11 @@ class TestRequestsNeverFail:
                 monkeypatch.setattr(plugin, "event_row", lambda event: 1 / 0)
                 await write(datasette, f"/{_db(datasette)}/a/-/insert", {"rows": [{"a": 2}]})
                 assert state.hook_errors == 4
+                assert pipeline.intake.dropped["plugin_error"] == 3  # the timeout may commit
+                response = await datasette.client.get(
+                    "/-/eventsink.json", headers={"Authorization": f"Bearer {datasette.test_token}"}
+                )
+                assert response.json()["hook_errors"] == 4
         messages = [r.getMessage() for r in caplog.records if "not recorded" in r.getMessage()]
         assert messages[0].endswith("RuntimeError: Event loop is closed")
         assert len(messages) == 1  # throttled: once a minute
