@@ -188,3 +188,47 @@ class TestStartingWhereDatasetteServes:
             await create_table(datasette, "a")
             assert await get_pipeline(datasette).flush(timeout=10)
         assert [row["event"] for row in receiver.rows(table)] == ["create-table", "insert-rows"]
+
+
+async def lifespan(app) -> list[dict]:
+    """Drive ``app`` through an ASGI lifespan startup, then shutdown; return what it sent."""
+    incoming: asyncio.Queue = asyncio.Queue()
+    sent: list[dict] = []
+    await incoming.put({"type": "lifespan.startup"})
+
+    async def send(message):
+        sent.append(message)
+        if message["type"].startswith("lifespan.startup."):
+            await incoming.put({"type": "lifespan.shutdown"})
+
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    task = asyncio.ensure_future(app(scope, incoming.get, send))
+    await asyncio.wait_for(task, 30)
+    return sent
+
+
+class TestLifespan:
+    """Before 1.0a39 the pipeline starts at the ASGI lifespan startup and stops at shutdown."""
+
+    async def test_lifespan_starts_and_stops_the_pipeline(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(plugin, "serves_on_startup_loop", lambda: False)
+        config = {"sink": "file", "path": str(tmp_path / "events.jsonl"), "fsync": False}
+        async with sender(tmp_path, {"eventsink": config}) as datasette:
+            assert get_pipeline(datasette) is None
+            sent = await lifespan(datasette.app())
+            assert [m["type"] for m in sent] == [
+                "lifespan.startup.complete",
+                "lifespan.shutdown.complete",
+            ]
+            assert get_pipeline(datasette) is not None
+            assert get_pipeline(datasette).closed
+
+    async def test_a_sink_that_cannot_open_fails_the_lifespan_startup(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(plugin, "serves_on_startup_loop", lambda: False)
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        config = {"sink": "file", "path": str(blocker / "events.jsonl")}
+        async with sender(tmp_path, {"eventsink": config}) as datasette:
+            sent = await lifespan(datasette.app())
+            assert sent[0]["type"] == "lifespan.startup.failed"
+            assert sent[0]["message"].startswith("plugins.eventsink.path:")
