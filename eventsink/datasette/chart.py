@@ -26,9 +26,20 @@ def _compact(value: float) -> str:
     return f"{value:.0f}"
 
 
-def series_svg(series: dict[str, Any], label: str) -> str:
-    """An SVG chart of ``series`` (``delivered``, ``failed``, ``pending`` lists)."""
+MIN_BUCKETS = 20  # the narrowest window drawn (10 minutes of 30 s buckets)
+
+
+def series_svg(series: dict[str, Any], label: str, since: float | None = None) -> str:
+    """An SVG chart of ``series`` (``delivered``, ``failed``, ``pending`` lists).
+
+    ``since`` (when the pipeline started) trims the buckets before it, keeping at least
+    :data:`MIN_BUCKETS`, so a fresh start is not a sliver at the right of an empty hour.
+    """
     delivered, failed, pending = series["delivered"], series["failed"], series["pending"]
+    if since is not None:
+        skip = int((since - series["start"]) // series["step"])
+        skip = max(0, min(skip, len(delivered) - MIN_BUCKETS))
+        delivered, failed, pending = delivered[skip:], failed[skip:], pending[skip:]
     count = len(delivered)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     top_bars = max([*delivered, *failed, 1])

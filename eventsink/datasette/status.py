@@ -151,7 +151,11 @@ async def status_html(datasette: Any, request: Any) -> Response:
                 "status": document,
                 "can_replay": can_replay,
                 "charts": {
-                    name: Markup(series_svg(sink["series"], f"{name}: the last hour"))
+                    name: Markup(
+                        series_svg(
+                            sink["series"], f"{name}: the last hour", document.get("started")
+                        )
+                    )
                     for name, sink in document.get("sinks", {}).items()
                 },
                 "ago": ago,

@@ -575,6 +575,7 @@ class Pipeline:
             self._read_error = None
         except Exception as error:  # a full disk: the page must still say what is going on
             self._read_error = f"outbox cannot be read: {_describe_outbox_error(error)}"
+        self._sample_history()  # the chart is current whenever someone looks
         return self.status_snapshot()
 
     def status_snapshot(self) -> dict[str, Any]:
