@@ -290,10 +290,23 @@ def _run(
     }
 
 
-@click.command(name="sources")
-def sources() -> None:
+@click.command(
+    name="sources",
+    epilog="""
+\b
+Examples:
+  eventsink sources
+  eventsink sources -q
+""",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only the sources' names, one a line.")
+@click.option("-v", "--verbose", count=True, hidden=True)  # accepted like everywhere
+def sources(quiet: bool, verbose: int) -> None:
     """List the installed pull data sources and their parameters."""
     for name, cls in sorted(source_classes(make_plugin_manager()).items()):
+        if quiet:
+            click.echo(name)
+            continue
         click.echo(f"{name}: {cls.config().get('title', name)}")
         for param in cls.params():
             click.echo(f"  {param['name']}: {_param_help(param)}")

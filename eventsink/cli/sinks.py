@@ -57,10 +57,13 @@ def _option_line(option: dict[str, Any]) -> str:
 Examples:
   eventsink sinks
   eventsink sinks --json | jq '.sinks[].name'
+  eventsink sinks -q
 """
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def sinks(as_json: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Only the sinks' names, one a line.")
+@click.option("-v", "--verbose", count=True, hidden=True)  # accepted like everywhere
+def sinks(as_json: bool, quiet: bool, verbose: int) -> None:
     """List every installed sink (built-in and from plugins) with its options.
 
     Give a sink to 'eventsink send --sink NAME' with '-o KEY=VALUE' options, or as 'sink:' /
@@ -71,6 +74,10 @@ def sinks(as_json: bool) -> None:
     delivery = [_option(option) for option in DELIVERY_OPTIONS]
     if as_json:
         click.echo(dumps({"sinks": found, "delivery_options": delivery}))
+        return
+    if quiet:
+        for sink in found:
+            click.echo(sink["name"])
         return
     for sink in found:
         origin = "built-in" if sink["builtin"] else f"plugin {sink['module']}"
