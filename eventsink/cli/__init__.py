@@ -8,6 +8,7 @@ without a traceback.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import click
@@ -26,8 +27,16 @@ class EventsinkGroup(click.Group):
     """The command group: runs every command with SIGTERM treated like Ctrl-C."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        with handle_interrupts():
-            return super().invoke(ctx)
+        # A command invoked in-process (tests, CliRunner) leaves logging as it found it.
+        logger = logging.getLogger("eventsink")
+        saved = logger.level, list(logger.handlers), logger.propagate
+        try:
+            with handle_interrupts():
+                return super().invoke(ctx)
+        finally:
+            logger.setLevel(saved[0])
+            logger.handlers[:] = saved[1]
+            logger.propagate = saved[2]
 
 
 @click.group(
