@@ -595,7 +595,11 @@ def parse_config(
 
     entries: list[tuple[str, Mapping[str, Any]]] = []
     if "sinks" in rest:
-        sinks = resolve_references(rest.pop("sinks"), "sinks")
+        # Only the list itself and each entry's type and name are resolved here: the options
+        # are resolved by validate_options, which keeps a secret's file to read it again.
+        sinks = rest.pop("sinks")
+        if isinstance(sinks, Mapping):
+            sinks = resolve_references(sinks, "sinks")
         single = rest.pop("sink", None)
         if not isinstance(sinks, list) or not sinks:
             raise ConfigError("config key 'sinks' must be a non-empty list of objects", key="sinks")
@@ -613,7 +617,12 @@ def parse_config(
                     "(the sink's name, e.g. 'file')",
                     key=f"sinks[{index}]",
                 )
-            entries.append((f"sinks[{index}].", entry))
+            named = {
+                key: resolve_references(entry[key], f"sinks[{index}].{key}")
+                for key in SINK_ENTRY_KEYS
+                if key in entry
+            }
+            entries.append((f"sinks[{index}].", {**entry, **named}))
     else:
         sink_type = resolve_references(rest.pop("sink", default_sink), "sink")
         if not sink_type:

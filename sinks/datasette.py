@@ -338,7 +338,8 @@ class DatasetteSink(Sink):
             html = "html" in response.headers.get("content-type", "")
             text = "" if html else response.text.strip()
         text = text or response.reason_phrase
-        return self._scrub(text[:500])
+        # Scrub, then cut: cut first, a token straddling the cut would survive in part.
+        return self._scrub(text)[:500]
 
     def _reload_token(self) -> bool:
         """Pick up a new token from the token's file (``{"$file": PATH}``), if it changed."""

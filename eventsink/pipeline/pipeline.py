@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ from platformdirs import user_data_dir
 
 from ..config import Settings
 from ..event import Event
-from ..exceptions import OutboxError
+from ..exceptions import ConfigError, OutboxError
 from ..metrics import MetricsServer, age_seconds, prometheus_text, register_otel, samples
 from ..outbox import MemoryOutbox, Outbox
 from ..outbox.base import SinkBacklog
@@ -207,7 +208,15 @@ class Pipeline:
         self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
-        backlog = await self.outbox.open(self._destinations)
+        try:
+            backlog = await self.outbox.open(self._destinations)
+        except (OSError, sqlite3.Error) as error:  # one line naming the key, not a traceback
+            where = self.settings.outbox or "the outbox"
+            raise ConfigError(
+                f"config key 'outbox': cannot open {where!r} as the outbox: "
+                f"{_describe_outbox_error(error)}",
+                key="outbox",
+            ) from None
         for name, lane in self.lanes.items():
             left = backlog.get(lane.destination)
             rows = left.pending if left else 0  # what other live processes hold is theirs

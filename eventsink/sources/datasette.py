@@ -143,7 +143,12 @@ class DatasetteSource(DataSource):
         except ValueError:
             body = None
         if status != 200 or not isinstance(body, dict) or body.get("ok") is False:
-            detail = (body or {}).get("errors") or (body or {}).get("error") or response.text[:200]
+            detail = (body or {}).get("errors") or (body or {}).get("error") or response.text
+            token = reveal(self.source["token"])
+            detail = str(detail)
+            if token:  # a server may echo the Authorization header: scrub, then cut
+                detail = detail.replace(token, "********")
+            detail = detail[:200]
             hint = " (is the token right?)" if status in (401, 403) else ""
             raise PermanentError(
                 f"{self.json_url} answered {status}: {detail}{hint}", status=status

@@ -369,6 +369,34 @@ class TestInPipeline:
         assert "read a new token from its file" in caplog.text
         assert receiver.token not in caplog.text
 
+    async def test_a_token_file_in_a_sinks_entry_is_read_again(self, receiver, tmp_path, caplog):
+        token_file = tmp_path / "token"
+        token_file.write_text("dstok_wrong-token-value\n")
+        table = unique_table()
+        entry = {
+            "type": "datasette",
+            "name": "remote",
+            "api_url": f"{receiver.db_url}/-/create",
+            "api_token": {"$file": str(token_file)},
+            "pause_interval": 0.1,
+        }
+        classes = sink_classes(make_plugin_manager())
+        settings = parse_config(
+            {"sinks": [entry], "outbox": ":memory:"},
+            lambda name, key: lookup(classes, name, "sink", key).options,
+        )
+        pipeline = Pipeline(settings, outbox=MemoryOutbox())
+        await pipeline.start()
+        ids = [await pipeline.write_async(table, {"n": n}) for n in range(5)]
+        assert not await pipeline.flush(timeout=0.5)
+        assert (await pipeline.status())["sinks"]["remote"]["paused"]
+        token_file.write_text(receiver.token + "\n")
+        with caplog.at_level(logging.INFO, logger="eventsink"):
+            assert await pipeline.flush(timeout=10)
+        await pipeline.close()
+        assert sorted(row["id"] for row in receiver.rows(table)) == ids
+        assert "read a new token from its file" in caplog.text
+
     async def test_poison_row_is_isolated(self, receiver):
         table = unique_table()
         pipeline = pipeline_for(f"{receiver.db_url}/-/create", receiver.token, batch_limit=100)
