@@ -53,6 +53,7 @@ class Record:
     table: str | None = None
     event_id: str | None = None
     created: str | None = None
+    raw: bytes = b""  # the input line, when the format has lines (for the rejects file)
 
 
 @dataclass
@@ -220,9 +221,12 @@ def _json_lines(stream: BinaryIO, source: str) -> Iterator[Record | Malformed]:
             yield _too_big(source, f"line {number}", field, line.rstrip())
             continue
         if type(value) is dict and "data" not in value:
-            yield Record(value, f"line {number}")  # the common case, without the checks
+            yield Record(value, f"line {number}", raw=line)  # the common case, no checks
         else:
-            yield _record(value, source, f"line {number}", line.rstrip())
+            record = _record(value, source, f"line {number}", line.rstrip())
+            if isinstance(record, Record):
+                record.raw = line
+            yield record
 
 
 def _json_array(stream: BinaryIO, source: str) -> Iterator[Record | Malformed]:

@@ -275,7 +275,7 @@ def send(
                         try:
                             _write(pipeline, item, default, table, table_field, tables)
                         except EventError as error:
-                            bad = Malformed(name, item.where, str(error), dumps(item.data))
+                            bad = Malformed(name, item.where, str(error), _text_of(item))
                             _set_aside(bad, malformed, counts, reporter, reject_file)
                     else:
                         _set_aside(item, malformed, counts, reporter, reject_file)  # type: ignore[arg-type]
