@@ -9,16 +9,20 @@ was stored arrives, with no help.
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 
+import eventsink
+
 from .conftest import wait_until
 from .test_faults import Sender, events_table, token_env  # noqa: F401  (a fixture)
 
 TOKEN_ENV = "EVENTSINK_FAULTS_TOKEN"
+EVENTSINK = str(Path(sys.executable).with_name("eventsink"))
 
 
 @pytest.fixture
@@ -116,3 +120,27 @@ class TestDiskFull:
             "insert-rows": 1 + 50 - dropped + 20,
         }
         assert log.count("Traceback") == 0, log[log.find("Traceback") - 2000 :][:6000]
+
+
+class TestStatusCommand:
+    """``eventsink status`` says the outbox cannot be written, and still shows what it holds."""
+
+    def test_full_disk_is_named(self, tmp_path, full_tmpfs):
+        outbox = full_tmpfs / "outbox.db"
+        client = eventsink.Client(
+            sink="datasette",
+            api_url="http://127.0.0.1:9/db/-/create",  # nothing listens: events stay
+            outbox=str(outbox),
+            retry_initial=30,
+            handle_sigterm=False,
+        )
+        for n in range(3):
+            client.write("t", {"n": n}, wait=True)
+        client.close(timeout=0)
+        fill(full_tmpfs)
+        result = subprocess.run(
+            [EVENTSINK, "status", "--outbox", str(outbox)], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        assert "outbox cannot be written: No space left on device" in result.stdout
+        assert "Traceback" not in result.stdout + result.stderr

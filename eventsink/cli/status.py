@@ -30,6 +30,20 @@ def _age(created: str | None, now: float) -> float | None:
     return round(max(0.0, now - moment.timestamp()), 3)
 
 
+def write_problem(path: str) -> str | None:
+    """Why the outbox at ``path`` cannot be written now (a full or read-only disk), or None."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        stats = os.statvfs(directory)
+    except OSError as error:
+        return f"outbox cannot be written: {error.strerror}"
+    if stats.f_flag & os.ST_RDONLY:
+        return "outbox cannot be written: Read-only file system"
+    if stats.f_bavail == 0:
+        return "outbox cannot be written: No space left on device"
+    return None
+
+
 async def read_status(path: str) -> dict[str, Any]:
     """Per destination pending, in flight, oldest pending age, retry state and dead letters,
     and which live processes deliver there (``served_by``, the sinks' configured names).
@@ -45,9 +59,11 @@ async def read_status(path: str) -> dict[str, Any]:
         "undelivered": [],
         "dead_letters": [],
         "totals": {"pending": 0, "in_flight": 0, "dead_letters": 0},
+        "problem": None,
     }
     if not report["exists"]:
         return report
+    report["problem"] = write_problem(path)
     outbox = SQLiteOutbox(path)
 
     def extra(connection: sqlite3.Connection) -> tuple[list[Any], list[Any]] | None:
@@ -73,6 +89,9 @@ async def read_status(path: str) -> dict[str, Any]:
             return report
         backlog = await outbox.backlog()
         served = await outbox.serving()
+    except (OSError, sqlite3.Error) as error:  # a full disk refuses even a read's commit
+        report["problem"] = report["problem"] or f"outbox cannot be read: {error}"
+        return report
     finally:
         await outbox.runner.close()
     retrying = {row[0]: row for row in found[0]}
@@ -157,6 +176,8 @@ def render(report: dict[str, Any]) -> str:
     if not report["exists"]:
         lines.append("  (no outbox file yet: nothing has been sent through it)")
         return "\n".join(lines)
+    if report.get("problem"):
+        lines.append(f"  {report['problem']}")
     totals = report["totals"]
     lines.append(
         f"  pending {totals['pending']:,}  in flight {totals['in_flight']:,}  "
