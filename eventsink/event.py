@@ -30,6 +30,7 @@ time, so a bad event never reaches the worker. So do:
 * more than :data:`MAX_DEPTH` (64) levels of lists and dicts inside ``data`` (a list in
   ``data`` is level 1);
 * the keys ``id``, ``instance`` and ``created``, reserved for the envelope, in any case;
+* a top-level key holding a NUL character (U+0000), which no SQL column name can;
 * two top-level keys that differ only in case (``"A"`` and ``"a"``): table-shaped sinks store
   the top-level keys as columns, and SQL compares column names without regard to case, so one
   of the two values would be lost.
@@ -174,6 +175,12 @@ def _check_keys(data: dict[Any, Any]) -> None:
             raise EventError(
                 f"field {key!a}: the key is not valid Unicode (a lone surrogate)",
                 field=ascii(key),
+            )
+        if "\x00" in key:
+            raise EventError(
+                f"field {key!r}: a key holds a NUL character (U+0000), which no SQL column "
+                "name can; remove it",
+                field=key,
             )
         low = key.lower()
         if low in RESERVED_KEYS:

@@ -136,6 +136,11 @@ class TestValidateAtTheDoor:
         assert info.value.field == "a"
         assert normalise({"outer": {"A": 1, "a": 2}}) == {"outer": {"A": 1, "a": 2}}
 
+    def test_nul_in_a_top_level_key_is_refused(self):
+        with pytest.raises(EventError, match="NUL") as info:
+            normalise({"a\x00b": 1})
+        assert info.value.field == "a\x00b"
+
     @pytest.mark.parametrize("key", ["ID", "Instance", "CREATED"])
     def test_reserved_keys_in_any_case(self, key):
         with pytest.raises(EventError, match="reserved") as info:

@@ -88,7 +88,10 @@ class Delivery:
             options.update(sink="sqlite", path=str(directory / "events.db"))
         elif kind == "datasette":
             options.update(
-                sink="datasette", api_url=f"{receiver.db_url}/-/create", api_token=receiver.token
+                sink="datasette",
+                api_url=f"{receiver.db_url}/-/create",
+                api_token=receiver.token,
+                alter=True,  # the canary's column joins a table the value's event made
             )
         else:
             options.update(sink="null")
