@@ -395,3 +395,13 @@ class _Summary:
         sqlite_paths = [config.options["path"] for config in sinks if config.type == "sqlite"]
         if sqlite_paths and not (counts.failed or left or interrupted):
             click.echo(f"Browse them with: datasette {sqlite_paths[0]}")
+
+
+def _text_of(record: Record) -> bytes:
+    """The input of a refused record for the rejects file: its line, else its data as JSON."""
+    if record.raw:
+        return record.raw.rstrip(b"\r\n")
+    try:
+        return dumps(record.data)
+    except TypeError:  # what write() refused may not serialise either (nesting, surrogates)
+        return b""
