@@ -175,6 +175,7 @@ class Pipeline:
         self._keys = list(self._destinations)
         self.history = {name: SinkHistory() for name in self._names}
         self._backlog: dict[str, SinkBacklog] = {}  # the latest read, for sync snapshots
+        self._serving: dict[str, list[str]] = {}  # destinations live processes deliver to
         self.metrics_server = (
             MetricsServer(settings.metrics_addr, self.prometheus) if settings.metrics_addr else None
         )
@@ -577,10 +578,12 @@ class Pipeline:
         ``in_flight`` counts the events in batches this process is sending (or retrying) now,
         ``pending`` every other undelivered event of the sink in the outbox. ``state`` is the
         sink at a glance (see :func:`sink_state`), ``series`` its last hour (see
-        :mod:`eventsink.pipeline.history`).
+        :mod:`eventsink.pipeline.history`). ``undelivered`` lists the other destinations in a
+        shared outbox with pending events that no running process delivers to.
         """
         try:
             self._backlog = await self.outbox.backlog()
+            self._serving = await self.outbox.serving()
             self._read_error = None
         except Exception as error:  # a full disk: the page must still say what is going on
             self._read_error = f"outbox cannot be read: {_describe_outbox_error(error)}"
@@ -632,6 +635,13 @@ class Pipeline:
             "accepted": self.intake.accepted,
             "dropped": dict(self.intake.dropped),
             "sinks": sinks,
+            "undelivered": [
+                {"destination": destination, "pending": held.pending}
+                for destination, held in sorted(backlog.items())
+                if held.pending
+                and destination not in self._destinations
+                and destination not in self._serving
+            ],
         }
 
     async def prometheus(self) -> str:

@@ -11,6 +11,7 @@ import sqlite3
 
 import pytest
 
+import eventsink
 from eventsink.config import Option
 from eventsink.exceptions import ConfigError
 from eventsink.outbox import MemoryOutbox
@@ -223,3 +224,81 @@ class TestOldOutboxes:
         with pytest.raises(ConfigError, match="schema version 99"):
             await newer.open()
         await newer.runner.close()
+
+
+class TestPipelineKeys:
+    """A pipeline keys each lane by its sink's destination and reports the ones nobody serves."""
+
+    async def test_two_sinks_with_one_destination_each_get_every_event(self, tmp_path):
+        out = tmp_path / "events.jsonl"
+        pipeline = eventsink.build(
+            {
+                "sinks": [
+                    {"type": "file", "name": "one", "path": str(out)},
+                    {"type": "file", "name": "two", "path": str(out)},
+                ],
+                "outbox": str(tmp_path / "outbox.db"),
+            }
+        )
+        destination = f"file {out.resolve()}"
+        assert [lane.destination for lane in pipeline.lanes.values()] == [
+            destination,
+            f"{destination} #2",
+        ]
+        await pipeline.start()
+        try:
+            for n in range(3):
+                await pipeline.write_async("t", {"n": n})
+            assert await pipeline.flush(timeout=10)
+        finally:
+            await pipeline.close()
+        assert len(out.read_bytes().splitlines()) == 6  # each sink delivered all three
+
+    async def test_status_lists_pending_destinations_nobody_serves(self, tmp_path):
+        path = tmp_path / "outbox.db"
+        left = SQLiteOutbox(path)
+        await left.open({"sqlite /x/a.db": "sqlite"})
+        await left.append(make_events(5), ["sqlite /x/a.db"])
+        await left.close()
+        pipeline = eventsink.build(
+            {"sink": "file", "path": str(tmp_path / "e.jsonl"), "outbox": str(path)}
+        )
+        await pipeline.start()
+        try:
+            await pipeline.write_async("t", {})
+            document = await pipeline.status()
+            assert document["undelivered"] == [{"destination": "sqlite /x/a.db", "pending": 5}]
+            served = SQLiteOutbox(path)
+            await served.open({"sqlite /x/a.db": "sqlite"})  # now someone delivers there
+            try:
+                assert (await pipeline.status())["undelivered"] == []
+            finally:
+                await served.close()
+        finally:
+            await pipeline.close()
+
+
+class TestOldOutboxInDatasette:
+    """The plugin's outbox in an --internal file of an older eventsink is upgraded and sent."""
+
+    async def test_rows_left_under_the_sink_name_reach_the_receiver(
+        self, tmp_path, receiver, caplog
+    ):
+        from eventsink.datasette.plugin import get_pipeline
+
+        from ..datasette.test_datasette_plugin import sender
+
+        internal = tmp_path / "internal.db"
+        write_old_outbox(internal, [("datasette", 3, False)])
+        with sqlite3.connect(internal) as db:
+            ids = {row[0] for row in db.execute("select id from eventsink_outbox")}
+        config = {"api_url": f"{receiver.db_url}/-/create", "api_token": receiver.token}
+        with caplog.at_level(logging.INFO, logger="eventsink"):
+            async with sender(tmp_path, {"eventsink": config}, internal=internal) as datasette:
+                assert await get_pipeline(datasette).flush(timeout=20)
+        assert "kept under the old sink name 'datasette'" in caplog.text
+        arrived = {row["id"]: row["n"] for row in receiver.rows("t") if row["id"] in ids}
+        assert sorted(arrived.values()) == [0, 1, 2]  # the events' own table, as before
+        with sqlite3.connect(internal) as db:
+            assert schema_version(db) == SCHEMA_VERSION
+            assert db.execute("select count(*) from eventsink_outbox").fetchone()[0] == 0
