@@ -303,6 +303,9 @@ class DatasetteRunner(Runner):
     def __init__(self, database: Any) -> None:
         self.database = database
 
+    def __repr__(self) -> str:
+        return f"<Datasette database {getattr(self.database, 'name', None)!r}>"
+
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self.database.execute_write_fn(fn)
 
