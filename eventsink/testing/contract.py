@@ -235,12 +235,14 @@ class SinkContract:
         _run(scenario())
 
     def test_describe_and_repr_hide_secrets(self, make_sink: Callable[[], Sink]) -> None:
-        """describe() and repr() name the target but never a secret option's value."""
+        """describe(), destination and repr() name the target but never a secret's value."""
         sink = make_sink()
         described = sink.describe()
         assert isinstance(described, str) and described
+        destination = sink.destination  # the outbox key, shown by eventsink status
+        assert isinstance(destination, str) and destination
         for secret in _secrets_of(sink):
-            for text in (described, repr(sink), str(sink.config)):
+            for text in (described, destination, repr(sink), str(sink.config)):
                 assert secret not in text, "a secret option's value is shown"
 
     def test_failures_raise_delivery_errors(
