@@ -219,8 +219,12 @@ class DatasetteSink(Sink):
 
     @property
     def destination(self) -> str:
-        where = f"datasette {_without_secrets(self.config['api_url'])}"
-        return f"{where} table {self.config['table']}" if self.config["table"] else where
+        # The database and the table, however the URL spells them: a /-/create URL with
+        # table T and T's /-/insert URL deliver to the same place. Without a table each
+        # event goes to its own table of that database.
+        where = f"datasette {_without_secrets(self.db_url)}"
+        table = self.fixed_table or self.config["table"]
+        return f"{where} table {table}" if table else where
 
     def describe(self) -> str:
         return _without_secrets(self.config["api_url"])

@@ -107,9 +107,12 @@ class TestSinkDestinations:
             table="events",
             timeout=3,
         )
-        assert sink.destination == "datasette https://example.com/db/-/create table events"
+        assert sink.destination == "datasette https://example.com/db table events"
+        # The insert URL of the same table is the same place.
+        insert = DatasetteSink(api_url="https://example.com/db/events/-/insert")
+        assert insert.destination == sink.destination
         other = DatasetteSink(api_url="https://other.example.com/db/-/create", api_token="x")
-        assert other.destination == "datasette https://other.example.com/db/-/create"
+        assert other.destination == "datasette https://other.example.com/db"
 
     def test_nats_is_servers_stream_and_subject_without_credentials(self):
         sink = NatsSink(servers=["nats://ada:pw@h:4222"], stream="S", subject="e.{table}")

@@ -169,7 +169,7 @@ class TestTwoDatasetteSinks:
                 url = f"{receiver.db_url}/-/create"
                 return {"sink": "datasette", "api_url": url, "api_token": receiver.token}
 
-            first_destination = f"datasette {first.db_url}/-/create"
+            first_destination = f"datasette {first.db_url}"
             programs.killed_with_pending(config(first), first_destination, 1000)
             programs.run(config(second), 25, "second")
             assert ids_by_writer(second.rows("t")) == {"second": 25}
