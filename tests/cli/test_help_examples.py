@@ -8,6 +8,7 @@ pointed at servers started here; programs other than eventsink and cat (``datase
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -72,7 +73,46 @@ def workdir(tmp_path, receiver, monkeypatch):
     (tmp_path / "signups.csv").write_text("type,user\nsignup,ada\nsignup,bob\n")
     (tmp_path / "orders.json").write_text(json.dumps([{"type": "order", "total": 3}]))
     (tmp_path / "eventsink.yaml").write_text("sink: sqlite\npath: from-config.db\n")
+    # The shared outbox exists, as it does once anything was sent (eventsink outbox needs it).
+    primed = subprocess.run(
+        [str(BIN / "eventsink"), "send", "-q", "-t", "primer", "-o", "path=primer.db"],
+        input=b'{"n": 1}\n', cwd=tmp_path, env=example_env(tmp_path, receiver), timeout=60,
+    )  # fmt: skip
+    assert primed.returncode == 0
+    asyncio.run(hold_events_for(tmp_path / "data" / "eventsink" / "outbox.db", OUTBOX_NAMED))
     return tmp_path
+
+
+# Destinations the 'eventsink outbox' examples move or drop: the outbox holds events for them.
+OUTBOX_NAMED = sorted(
+    {
+        name
+        for _, line in ALL
+        if line.startswith("eventsink outbox")
+        for name in re.findall(r'"([^"]+)"', line)
+    }
+)
+
+
+async def hold_events_for(path: Path, destinations: list[str]) -> None:
+    from eventsink.event import Event
+    from eventsink.ids import IdGenerator
+    from eventsink.outbox.sqlite import SQLiteOutbox
+
+    outbox = SQLiteOutbox(path)
+    await outbox.open([])
+    event_id, created = IdGenerator().new()
+    await outbox.append([Event(event_id, "t", "i", created, {"n": 1})], destinations)
+    await outbox.close()
+
+
+def example_env(workdir: Path, receiver) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "DS_TOKEN": receiver.token,
+        "XDG_DATA_HOME": str(workdir / "data"),  # the shared outbox, private to this test
+    }
 
 
 @pytest.mark.slow
@@ -84,14 +124,10 @@ def test_example_runs(line, workdir, receiver):
     for directory in re.findall(r"/var/lib/([\w.-]+)/", shell):  # system paths, made local
         (workdir / directory).mkdir(exist_ok=True)
     shell = shell.replace("/var/lib/", f"{workdir}/")
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "DS_TOKEN": receiver.token,
-        "XDG_DATA_HOME": str(workdir / "data"),  # the shared outbox, private to this test
-    }
+    env = example_env(workdir, receiver)
     result = subprocess.run(
         ["bash", "-o", "pipefail", "-c", shell],
+        input="y\n",  # what a user answers a confirmation prompt with
         cwd=workdir,
         env=env,
         capture_output=True,
