@@ -615,7 +615,7 @@ class Lane:
             delay = max(settings.pause_interval, retry_after or 0)
             self.stats.paused = failure.message
             logger.error(
-                "eventsink sink %s is paused: %s. %d event(s) kept; retrying in %.0fs",
+                "eventsink sink %s is paused: %s. %d event(s) kept; retrying in %gs",
                 self.label,
                 failure.message,
                 len(leased.events),
