@@ -27,6 +27,7 @@ class Broken:
 class TestRaisingHooksInDatasette:
     """Requests succeed, every event arrives once, the plugin is named in the log."""
 
+    @pytest.mark.slow  # ~3 s: a Datasette flushing to a real receiver
     async def test_requests_succeed_and_events_arrive(
         self, tmp_path, receiver, monkeypatch: pytest.MonkeyPatch, caplog
     ):
