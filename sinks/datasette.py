@@ -375,11 +375,16 @@ class DatasetteSink(Sink):
         """
         insert = _without_secrets(f"{self.db_url}/{tilde_encode(table)}/-/insert")
         moved_to = type(self)(api_url=insert).destination
+        move = (
+            f", and give it the events kept here with eventsink outbox move "
+            f"'{self.destination}' '{moved_to}'"
+            if moved_to != self.destination
+            else " (the events kept here go there: it is the same destination)"
+        )
         return ConfigError(
             f"{self.describe()} refuses 'ignore' (Datasette before 1.0a2 does not accept it "
             f"on /-/create): create the table {table!r} with an 'id' primary key at the "
-            f"receiver, set api_url to {insert}, and give it the events kept here with "
-            f"eventsink outbox move '{self.destination}' '{moved_to}'",
+            f"receiver, then set api_url to {insert}{move}",
             key="api_url",
         )
 

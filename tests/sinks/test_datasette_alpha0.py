@@ -88,12 +88,14 @@ def test_a_create_url_on_alpha0_pauses_then_the_insert_url_delivers_everything(
         )
         assert made.status_code == 201, made.text
         move = re.search(r"eventsink outbox move '([^']+)' '([^']+)'", paused)
-        assert move, paused
-        moved = CliRunner().invoke(
-            cli, ["outbox", "move", *move.groups(), "--outbox", outbox, "-y"]
-        )
-        assert moved.exit_code == 0, moved.output
-        assert "Moved 71 pending event(s)" in moved.output
+        if move:  # the insert URL is another destination: move what the outbox kept
+            moved = CliRunner().invoke(
+                cli, ["outbox", "move", *move.groups(), "--outbox", outbox, "-y"]
+            )
+            assert moved.exit_code == 0, moved.output
+            assert "Moved 71 pending event(s)" in moved.output
+        else:
+            assert "same destination" in paused
         with eventsink.Client(
             sink="datasette",
             api_url=insert_url,
