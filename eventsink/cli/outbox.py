@@ -26,15 +26,35 @@ _OUTBOX_OPTION = click.option(
 _YES_OPTION = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 
 
-def _path(path: str | None) -> str:
-    path = outbox_path({"outbox": path})
-    if not os.path.exists(path):
-        raise click.ClickException(f"no outbox file at {path}")
-    return path
+class _Nothing(Exception):
+    """The outbox holds nothing for the destination: there is nothing to do."""
+
+
+def _inspect(
+    path_option: str | None, destination: str
+) -> tuple[str, dict[str, Any], list[str]] | None:
+    """The outbox path, what it holds for ``destination`` and who serves it; ``None`` (after
+    saying so) when it holds nothing for it.
+
+    Nothing to do is not an error: the command's end state already holds. The message lists
+    the destinations the outbox does hold, so a mistyped one is easy to spot.
+    """
+    path = outbox_path({"outbox": path_option})
+    try:
+        if not os.path.exists(path):
+            raise _Nothing(f"No outbox file at {path}: nothing for {destination!r}.")
+        counts, served = asyncio.run(_look(path, destination))
+    except _Nothing as nothing:
+        click.echo(str(nothing))
+        return None
+    return path, counts, served
 
 
 async def _look(path: str, destination: str) -> tuple[dict[str, Any], list[str]]:
-    """What the outbox holds for ``destination`` and which running sinks deliver there."""
+    """What the outbox holds for ``destination`` and which running sinks deliver there.
+
+    Raises :class:`_Nothing` when it holds nothing for it.
+    """
     outbox = SQLiteOutbox(path)
     try:
         await outbox.open()  # upgrades an old file and returns rows of dead processes
@@ -42,12 +62,12 @@ async def _look(path: str, destination: str) -> tuple[dict[str, Any], list[str]]
         served = await outbox.serving()
     finally:
         await outbox.close()
-    if destination not in backlog:
+    held = backlog.get(destination)
+    if held is None or not (held.pending or held.in_flight or held.dead_letters):
         known = ", ".join(repr(name) for name in sorted(backlog)) or "none"
-        raise click.ClickException(
-            f"the outbox holds nothing for {destination!r}; destinations it holds: {known}"
+        raise _Nothing(
+            f"The outbox holds nothing for {destination!r}; destinations it holds: {known}."
         )
-    held = backlog[destination]
     counts = {"pending": held.pending, "in_flight": held.in_flight, "dead": held.dead_letters}
     return counts, served.get(destination, [])
 
@@ -93,7 +113,8 @@ def outbox() -> None:
 
     A destination is where a sink delivers, as 'eventsink status' shows it (for example
     'sqlite /home/ada/events.db'). Both commands refuse while a running process delivers to
-    the destination, and ask before they change anything.
+    the destination, and ask before they change anything. When the outbox holds nothing for
+    it they say so, listing the destinations it does hold, and exit with status 0.
     """
 
 
@@ -108,10 +129,12 @@ def move(source: str, target: str, path: str | None, yes: bool) -> None:
     A process whose sink has destination TO delivers them (one running now picks them up
     within seconds). Their failure history is cleared.
     """
-    path = _path(path)
     if source == target:
         raise click.ClickException("FROM and TO are the same destination")
-    counts, served = asyncio.run(_look(path, source))
+    found = _inspect(path, source)
+    if found is None:
+        return
+    path, counts, served = found
     _check_idle(source, counts, served)
     if not yes:
         click.confirm(f"Move {_amount(counts)} from {source!r} to {target!r}?", abort=True)
@@ -125,8 +148,10 @@ def move(source: str, target: str, path: str | None, yes: bool) -> None:
 @_YES_OPTION
 def drop(destination: str, path: str | None, yes: bool) -> None:
     """Delete DEST's pending events and dead letters for good."""
-    path = _path(path)
-    counts, served = asyncio.run(_look(path, destination))
+    found = _inspect(path, destination)
+    if found is None:
+        return
+    path, counts, served = found
     _check_idle(destination, counts, served)
     if not yes:
         click.confirm(

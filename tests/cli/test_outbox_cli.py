@@ -77,11 +77,12 @@ class TestMove:
         assert result.exit_code == 0 and "?" not in result.output
         assert backlog(outbox)[B] == (35, 2)
 
-    def test_an_unknown_source_names_what_the_outbox_holds(self, outbox):
-        result = run("outbox", "move", "sqlite /nope", B, "--outbox", outbox, "--yes")
-        assert result.exit_code == 1
+    def test_an_unknown_source_is_nothing_to_do_and_names_what_the_outbox_holds(self, outbox):
+        result = run("outbox", "move", "sqlite /nope", B, "--outbox", outbox)
+        assert result.exit_code == 0  # no question asked: nothing would change
         assert "holds nothing for 'sqlite /nope'" in result.output
         assert repr(A) in result.output and repr(B) in result.output
+        assert backlog(outbox) == {A: (30, 2), B: (5, 0)}
 
     def test_refuses_while_a_running_process_delivers_there(self, outbox):
         live = SQLiteOutbox(outbox)
@@ -95,9 +96,11 @@ class TestMove:
         finally:
             asyncio.run(live.close())
 
-    def test_no_outbox_file_is_an_error(self, tmp_path):
-        result = run("outbox", "move", A, B, "--outbox", str(tmp_path / "none.db"), "--yes")
-        assert result.exit_code == 1 and "no outbox file" in result.output
+    def test_no_outbox_file_is_nothing_to_do(self, tmp_path):
+        missing = tmp_path / "none.db"
+        result = run("outbox", "move", A, B, "--outbox", str(missing))
+        assert result.exit_code == 0 and "No outbox file" in result.output
+        assert not missing.exists()  # not created
 
 
 class TestDrop:
@@ -119,6 +122,8 @@ class TestDrop:
         result = run("outbox", "drop", B, "--outbox", outbox, "-y")
         assert result.exit_code == 0
         assert B not in backlog(outbox)
+        again = run("outbox", "drop", B, "--outbox", outbox)  # done already: nothing to ask
+        assert again.exit_code == 0 and "holds nothing for" in again.output
 
 
 class TestStatusNamesUndelivered:
