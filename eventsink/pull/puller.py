@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..config import Secret
+from ..exceptions import OutboxError
 from ..pipeline.pipeline import Pipeline
 from .checkpoints import Checkpoint, CheckpointStore
 from .source import DataSource, derive_event_id, read_with_retry
@@ -129,6 +130,8 @@ class Puller:
     async def _write(self, records: list[dict[str, Any]]) -> None:
         source, identity, table = self.source, self.identity, self.source.destination
         write = self.pipeline.write_async
+        dropped = self.pipeline.intake.dropped
+        lost_before = dropped["outbox_error"]
         last = len(records) - 1
         for index, record in enumerate(records):
             key = source.key(record)
@@ -136,6 +139,11 @@ class Puller:
             # Only the last write waits: groups commit in order, so it waits for all.
             await write(
                 table, source.to_data(record), event_id=event_id, wait_committed=index == last
+            )
+        if dropped["outbox_error"] != lost_before:  # an earlier group of this page was dropped
+            raise OutboxError(
+                "the outbox could not store part of this batch; it is not checkpointed, so "
+                "the next run reads it again"
             )
 
     def _report(self) -> None:
