@@ -16,7 +16,7 @@ import pytest
 from ulid import ULID
 
 from eventsink.config import Secret, parse_config
-from eventsink.exceptions import ConfigError, PermanentError, RetryableError
+from eventsink.exceptions import ConfigError, OutboxError, PermanentError, RetryableError
 from eventsink.pipeline.pipeline import Pipeline
 from eventsink.plugins import lookup, make_plugin_manager, sink_classes, source_classes
 from eventsink.pull.checkpoints import Checkpoint, CheckpointStore
@@ -313,3 +313,33 @@ class TestOAuth2:
         finally:
             server.shutdown()
             server.server_close()
+
+
+class TestOutboxDrops:
+    """A page the outbox could not store is not checkpointed: the next run reads it again."""
+
+    @pytest.mark.slow
+    async def test_dropped_page_is_read_again(self, tmp_path, monkeypatch):
+        pipeline = make_pipeline(tmp_path)
+        await pipeline.start()
+        real_append = pipeline.outbox.append
+        calls = 0
+
+        async def full_disk_at_first(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls <= 5:  # every attempt at the first group, as on a full disk
+                raise sqlite3.OperationalError("database or disk is full")
+            return await real_append(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline.outbox, "append", full_disk_at_first)
+        store = CheckpointStore(tmp_path / "ob.db")
+        with pytest.raises(OutboxError):
+            await Puller(NumberSource({}), pipeline, store, retry_initial=0.001).run()
+        assert pipeline.intake.dropped["outbox_error"] > 0
+        assert store.load(NumberSource({}).identity()).records == 0  # nothing checkpointed
+        await pipeline.close(10)
+        store.close()
+
+        await pull(tmp_path, NumberSource({}))  # the next run reads it all again
+        assert [row[1] for row in dest_rows(tmp_path)] == list(range(250))
