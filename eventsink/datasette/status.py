@@ -193,7 +193,8 @@ async def replay(datasette: Any, request: Any) -> Response:
     else:
         ids = None
         if "error" in form:
-            wanted = (int(form["status"]) if form.get("status") else None, form["error"])
+            status = form.get("status") or None
+            wanted = (int(status) if status and status.isdigit() else status, form["error"])
             destination = pipeline.lanes[sink].destination if sink is not None else None
             letters = await pipeline.outbox.dead_letters(destination, limit=DEAD_LETTER_SCAN)
             ids = [

@@ -285,3 +285,17 @@ class TestMetricsOnAServedSender:
         assert 'eventsink_pending_events{sink="datasette"} 0' in text
         assert 'eventsink_send_duration_seconds_count{sink="datasette"}' in text
         assert receiver.token not in text and token not in text
+
+
+class TestReplayForm:
+    """A replay form with a status that is not a number replays nothing and fails nothing."""
+
+    async def test_odd_status(self, tmp_path, receiver):
+        config = {"api_url": f"{receiver.db_url}/-/create", "api_token": receiver.token}
+        async with sender(tmp_path, {"eventsink": config}) as datasette:
+            response = await datasette.client.post(
+                "/-/eventsink/replay",
+                data={"sink": "datasette", "status": "four-oh-four", "error": "x"},
+                cookies=cookies(datasette),
+            )
+        assert response.status_code == 302
