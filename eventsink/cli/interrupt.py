@@ -12,6 +12,7 @@ error and exit status 130, the shell's convention for "stopped by SIGINT".
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sqlite3
@@ -124,8 +125,16 @@ def stop_pipeline(running: Any) -> Interrupted:
     durable outbox; the count is read back from the outbox file, so it is what a rerun finds.
     """
     pipeline = running.pipeline
+    logger = logging.getLogger("eventsink")
+    level = logger.level
+    # The pipeline's own "closed with N undelivered event(s)" warning would repeat what the
+    # Interrupted line says; errors (a sink failing to close) still show.
     with signals_ignored():
-        left = running.close(STOP_TIMEOUT)
+        logger.setLevel(max(level, logging.ERROR))
+        try:
+            left = running.close(STOP_TIMEOUT)
+        finally:
+            logger.setLevel(level)
         if not pipeline.outbox.durable:
             return Interrupted(left, durable=False)
         destinations = [lane.destination for lane in pipeline.lanes.values()]

@@ -42,10 +42,11 @@ class TestCheck:
             "-o", f"api_url={url}", "-o", "api_token=not-a-token", input=events,
         )  # fmt: skip
         assert refused.returncode == 1, refused.stderr  # left undelivered: the sink paused
+        (destination,) = json.loads(eventsink(tmp_path, "status", "--json").stdout)["sinks"]
         check = eventsink(tmp_path, "status", "--check")
         assert check.returncode == 1
-        assert f"{url}: PAUSED until the cause is fixed" in check.stdout
-        assert f"{url}: paused" in check.stderr
+        assert f"{destination}: PAUSED until the cause is fixed" in check.stdout
+        assert f"{destination}: paused" in check.stderr
         assert eventsink(tmp_path, "status", "--check", "-q").returncode == 1
 
         delivered = eventsink(
