@@ -29,7 +29,9 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "sqlite": "eventsink.sinks.sqlite",
     "source_jsonl": "eventsink.sources.jsonl",
     "source_datasette": "eventsink.sources.datasette",
+    "source_s3": "eventsink.sources.s3",
     "nats": "eventsink.sinks.nats",
+    "s3": "eventsink.sinks.s3",
 }
 
 
