@@ -33,18 +33,24 @@ def jsonl_body(events: Sequence[Event], compression: str) -> bytes:
     return body
 
 
-def _kind(value: Any) -> str | None:
-    if value is None:
+def _kind(values: list[Any]) -> str | None:
+    """The narrowest kind that holds every value of a column (``None``: all null)."""
+    types = set(map(type, values))
+    types.discard(type(None))
+    if not types:
         return None
-    if isinstance(value, bool):
+    if types == {bool}:
         return "bool"
-    if isinstance(value, int):
-        return "int" if _INT64[0] <= value <= _INT64[1] else "json"
-    if isinstance(value, float):
+    if types == {int}:
+        numbers = [value for value in values if value is not None]
+        return "int" if _INT64[0] <= min(numbers) and max(numbers) <= _INT64[1] else "json"
+    if types <= {int, float}:
         return "float"
-    if isinstance(value, str):
+    if types == {str}:
         return "string"
-    return "json"
+    if types <= {dict, list}:
+        return "json"
+    return "string"
 
 
 def _widen(known: str | None, seen: str | None) -> str | None:
@@ -75,26 +81,19 @@ class ParquetEncoder:
         import pyarrow.parquet as pq
 
         schema = self.schemas.setdefault(table, {name: "string" for name in ENVELOPE_COLUMNS})
-        columns: dict[str, list[Any]] = {name: [] for name in schema}
-        for position, event in enumerate(events):
-            columns["id"].append(event.id)
-            columns["instance"].append(event.instance)
-            columns["created"].append(event.created)
-            for key, value in event.data.items():
-                column = columns.get(key)
-                if column is None:  # a new key: earlier rows had no value for it
-                    column = columns[key] = [None] * position
-                    schema.setdefault(key, None)
-                column.append(value)
-            for column in columns.values():
-                if len(column) <= position:
-                    column.append(None)
-        arrays = {}
-        for name, values in columns.items():
-            kind = schema[name]
-            for value in values:
-                kind = _widen(kind, _kind(value))
-            schema[name] = kind
+        arrays = {
+            "id": pa.array([event.id for event in events], pa.string()),
+            "instance": pa.array([event.instance for event in events], pa.string()),
+            "created": pa.array([event.created for event in events], pa.string()),
+        }
+        datas = [event.data for event in events]
+        for key in dict.fromkeys(key for data in datas for key in data):
+            schema.setdefault(key, None)
+        for name, known in schema.items():
+            if name in arrays:
+                continue
+            values = [data.get(name) for data in datas]
+            kind = schema[name] = _widen(known, _kind(values))
             arrays[name] = _array(pa, kind, values)
         buffer = io.BytesIO()
         pq.write_table(
