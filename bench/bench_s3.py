@@ -8,7 +8,8 @@ of several rounds of:
   outside the clock), one after the other: the floor of the server and the client;
 * sink: ``S3Sink.send`` of the same batches (encoding included, one batch in flight);
 * client: the same events written through ``Client(sink="s3")`` with an in-memory outbox,
-  until ``flush()`` returns (ids, outbox, lane, sink).
+  until ``flush()`` returns (ids, outbox, lane, sink);
+* null client: the same through ``Client(sink="null")``, the pipeline's own cost.
 
 Run: ``.venv/bin/python bench/bench_s3.py [--events 100000] [--batch 10000] [--rounds 5]``
 """
@@ -83,10 +84,8 @@ async def bench_sink(server: SeaweedS3, fmt: str, batches: list[list[Event]], na
 
 
 def bench_client(server: SeaweedS3, fmt: str, count: int, batch: int, name: str) -> float:
-    with Client(
-        sink="s3", outbox=":memory:", batch_limit=batch, flush_interval=0.2,
-        **options(server, name, fmt),
-    ) as client:  # fmt: skip
+    sink = {"sink": "s3", **options(server, name, fmt)} if fmt != "null" else {"sink": "null"}
+    with Client(sink, outbox=":memory:", batch_limit=batch, flush_interval=0.2) as client:
         start = time.perf_counter()
         for n in range(count):
             client.write("clicks", {"n": n, "path": "/a/b", "user": f"u{n % 97}", "tags": {"k": 1}})
@@ -111,7 +110,7 @@ def main() -> None:
                 "rounds, SeaweedFS on loopback"
             )
             for fmt in ("jsonl", "parquet"):
-                times: dict[str, list[float]] = {"raw": [], "sink": [], "client": []}
+                times: dict[str, list[float]] = {"raw": [], "sink": [], "client": [], "null": []}
                 for round_ in range(args.rounds):
                     events = make_events(args.events)
                     batches = [
@@ -125,12 +124,14 @@ def main() -> None:
                     times["client"].append(
                         bench_client(server, fmt, args.events, args.batch, f"client-{tag}")
                     )
+                    times["null"].append(bench_client(server, "null", args.events, args.batch, ""))
                 raw = statistics.median(times["raw"])
                 print(f"format {fmt}:")
                 for what, label in (
                     ("raw", "raw put_async loop"),
                     ("sink", "S3Sink.send"),
                     ("client", "Client(sink='s3')"),
+                    ("null", "Client(sink='null')"),
                 ):
                     median = statistics.median(times[what])
                     print(
