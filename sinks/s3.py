@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import string
 import time
@@ -116,6 +117,9 @@ def make_store(config: dict[str, Any]) -> Any:
         if config[name]:
             options[name if name != "session_token" else "token"] = reveal(config[name])
     timeout = timedelta(seconds=config["timeout"])
+    provider = _profile_provider(config)
+    if provider is not None:
+        options["credential_provider"] = provider
     return S3Store(
         config["bucket"],
         **options,
@@ -128,6 +132,26 @@ def make_store(config: dict[str, Any]) -> Any:
         # outage from the status page and hold the batch for minutes.
         retry_config={"max_retries": 0, "retry_timeout": timeout},
     )
+
+
+def _profile_provider(config: dict[str, Any]) -> Any:
+    """Credentials of the ``AWS_PROFILE`` profile (``~/.aws``), read through boto3.
+
+    obstore itself reads the ``AWS_*`` variables, web identity and instance metadata, but not
+    profile files; boto3 does, and is only needed (and imported) when a profile is named.
+    """
+    if config["access_key_id"] or not os.environ.get("AWS_PROFILE"):
+        return None
+    try:
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        raise ConfigError(
+            "AWS_PROFILE is set and no access_key_id is configured: reading an AWS profile "
+            "needs boto3 (pip install boto3), or give access_key_id and secret_access_key",
+            key="access_key_id",
+        ) from None
+    return Boto3CredentialProvider(boto3.Session())
 
 
 def classify(error: Exception, bucket: str, action: str) -> DeliveryError:
@@ -175,6 +199,10 @@ def classify(error: Exception, bucket: str, action: str) -> DeliveryError:
     # Any other 4xx (a wrong region, a malformed bucket name): no retry of this batch can
     # succeed, nor any other; pause and keep every event until a person fixes the config.
     return SinkPausedError(f"S3 rejected {action} on {where}{said}", status=status)
+
+
+def _without_userinfo(url: str | None) -> str | None:
+    return re.sub(r"//[^/@]*@", "//", url) if url else url
 
 
 def _first_line(text: str) -> str:
@@ -345,24 +373,27 @@ class S3Sink(Sink):
         self._writing[key] = asyncio.ensure_future(self._write(key, pending))
 
     async def _write(self, key: tuple[str, str], pending: _Pending) -> None:
+        outcome: BaseException | None = None
         try:
             await self._put_objects(key, pending.events)
-        except BaseException as error:
-            outcome: BaseException | None = error
-        else:
-            outcome = None
+        except BaseException as error:  # every waiting send learns the outcome, even a cancel
+            outcome = error
         finally:
             del self._writing[key]
             following = self._pending.get(key)
             if following is not None and following.due:
                 self._due(key)
-        for waiter in pending.waiters:
-            if waiter.done():
-                continue
-            if outcome is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(outcome)
+            for waiter in pending.waiters:
+                if waiter.done():
+                    continue
+                if outcome is None:
+                    waiter.set_result(None)
+                elif isinstance(outcome, asyncio.CancelledError):
+                    waiter.cancel()
+                else:
+                    waiter.set_exception(outcome)
+        if isinstance(outcome, asyncio.CancelledError):
+            raise outcome
 
     async def _put_objects(self, key: tuple[str, str], events: list[Event]) -> None:
         import obstore
@@ -423,7 +454,7 @@ class S3Sink(Sink):
         self._store = None
 
     def describe(self) -> str:
-        where = self.config["endpoint_url"] or "aws"
+        where = _without_userinfo(self.config["endpoint_url"]) or "aws"
         return f"s3 {where} {self.config['bucket']}/{self.config['prefix']}"
 
 

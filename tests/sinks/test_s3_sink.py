@@ -483,3 +483,30 @@ class TestPullFromS3:
         assert len(rows) == 120
         assert sorted(row["source_id"] for row in rows) == sorted(e.id for e in events)
         assert {row["n"] for row in rows} == set(range(120))
+
+
+class TestCredentialChain:
+    """Without configured keys the AWS environment is used; a profile needs boto3."""
+
+    def test_environment_keys_are_used(self, seaweed: SeaweedS3, bucket: str, monkeypatch) -> None:
+        """AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY stand in for the options."""
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_access_key)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        events = make_events(3)
+        send(S3Sink(bucket=bucket, endpoint_url=seaweed.endpoint), events)
+        assert sorted(row["id"] for row in stored_rows(seaweed, bucket)) == [e.id for e in events]
+
+    def test_a_profile_without_boto3_is_a_clear_error(self, monkeypatch) -> None:
+        """AWS_PROFILE names a profile only boto3 can read: say so, naming the option."""
+        pytest.importorskip("obstore")
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            pytest.skip("boto3 is installed: the profile would be read")
+        monkeypatch.setenv("AWS_PROFILE", "archive")
+        with pytest.raises(ConfigError, match="boto3") as caught:
+            make_store(S3Sink(bucket="b").config)
+        assert caught.value.key == "access_key_id"
