@@ -240,6 +240,8 @@ class S3Sink(Sink):
 
     name = "s3"
     description = "Archives events as JSON-lines or Parquet objects in an S3-compatible bucket."
+    # Overlapping sends are how batches merge into one object; the store is safe to share.
+    max_concurrent_sends = None
     options = (
         *CONNECTION_OPTIONS,
         Option("format", str, "jsonl", "Object format.", choices=("jsonl", "parquet")),
