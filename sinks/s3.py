@@ -455,9 +455,15 @@ class S3Sink(Sink):
             await asyncio.gather(*self._writing.values(), return_exceptions=True)
         self._store = None
 
-    def describe(self) -> str:
+    @property
+    def destination(self) -> str:
+        # The bucket and prefix say where; format, key template and sizes only say how, and
+        # changing them must not orphan the events pending for this archive.
         where = _without_userinfo(self.config["endpoint_url"]) or "aws"
         return f"s3 {where} {self.config['bucket']}/{self.config['prefix']}"
+
+    def describe(self) -> str:
+        return self.destination
 
 
 @hookimpl

@@ -510,3 +510,14 @@ class TestCredentialChain:
         with pytest.raises(ConfigError, match="boto3") as caught:
             make_store(S3Sink(bucket="b").config)
         assert caught.value.key == "access_key_id"
+
+
+class TestDestination:
+    """The outbox key of pending events names the bucket and prefix, not how they are written."""
+
+    def test_format_does_not_change_the_destination(self) -> None:
+        jsonl = S3Sink(bucket="b", prefix="p/", endpoint_url="http://user:pw@127.0.0.1:9000")
+        parquet = S3Sink(bucket="b", prefix="p/", format="parquet", max_object_age=5)
+        assert jsonl.destination == "s3 http://127.0.0.1:9000 b/p/"
+        assert parquet.destination == "s3 aws b/p/"
+        assert "pw" not in repr(jsonl)
