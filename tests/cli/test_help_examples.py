@@ -66,6 +66,16 @@ def test_every_command_has_examples():
         assert f"eventsink {command}" in names
 
 
+@pytest.fixture(scope="module")
+def receiver():
+    """A receiver of this module's own: the examples write to its 'events' table, which
+    tests sharing the session's receiver also use with other columns."""
+    from eventsink.testing.receiver import DatasetteReceiver
+
+    with DatasetteReceiver() as server:
+        yield server
+
+
 @pytest.fixture
 def workdir(tmp_path, receiver, monkeypatch):
     """A directory with the files the examples name, and an outbox of its own."""
