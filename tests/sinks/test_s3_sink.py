@@ -177,14 +177,14 @@ class TestObjects:
     def test_concurrent_batches_share_an_object(self, seaweed: SeaweedS3, bucket: str) -> None:
         """Batches waiting together (within max_object_age) become one object."""
         batches = [make_events(10) for _ in range(4)]
-        sink = S3Sink(**sink_options(seaweed, bucket, max_object_age=30))
+        sink = S3Sink(**sink_options(seaweed, bucket, max_object_age=1))
 
         async def scenario() -> None:
             await sink.open()
             await asyncio.gather(*(sink.send(batch) for batch in batches[:3]))
             await sink.close()
 
-        # Three batches, never enough bytes: they wait until close() writes them together.
+        # Three batches, never enough bytes: they wait out max_object_age, then share one object.
         asyncio.run(scenario())
         assert len(object_keys(seaweed, bucket)) == 1
         assert len(stored_rows(seaweed, bucket)) == 30
