@@ -2,11 +2,12 @@
 
 Run: ``python bench/bench_datasette.py [--requests 1000] [--rounds 3] [--events 50000]``
 
-1. **Request overhead.** Two sender Datasettes (``datasette serve`` subprocesses): one with the
-   plugin installed but configured off (an empty ``eventsink`` block), one forwarding to a real
-   receiver with the plugin's defaults and a ``--internal`` file. One keep-alive client posts
-   single-row ``/-/insert`` requests, alternating off and on in rounds so both see the same
-   machine load; it prints requests/s and p50 latency of each and the ratio on ÷ off.
+1. **Request overhead.** Three sender Datasettes (``datasette serve`` subprocesses): one with
+   the plugin installed but configured off (an empty ``eventsink`` block), one forwarding to a
+   real receiver with the plugin's defaults and a ``--internal`` file, and one the same with
+   ``durability: fsync``. 1, 4 and 16 concurrent keep-alive clients post single-row
+   ``/-/insert`` requests, alternating off and on in rounds so all see the same machine load;
+   it prints one table: requests/s and p50 latency of each and the ratios on ÷ off.
 2. **Delivery rate.** ``--events`` events are put in a sender's outbox (its internal database)
    before it starts, with ``max_rate`` unlimited, so the plugin delivers more than the receiver
    can take; it prints the delivered events/s beside the receiver's raw ingest measured in the
@@ -28,10 +29,14 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from eventsink.sinks.datasette import DatasetteSink
+
 from eventsink.event import Event
 from eventsink.ids import IdGenerator
 from eventsink.outbox.sqlite import SQLiteOutbox
 from eventsink.testing.receiver import DatasetteReceiver
+
+CLIENTS = (1, 4, 16)
 
 
 def sender(directory: Path, name: str, plugin: dict, internal: Path) -> DatasetteReceiver:
@@ -44,21 +49,29 @@ def sender(directory: Path, name: str, plugin: dict, internal: Path) -> Datasett
     )
 
 
-async def drive(server: DatasetteReceiver, requests: int) -> tuple[float, float]:
-    """Post ``requests`` single-row inserts; return (requests/s, p50 latency in ms)."""
+async def drive(server: DatasetteReceiver, requests: int, clients: int) -> tuple[float, float]:
+    """Post ``requests`` single-row inserts from ``clients`` keep-alive clients at once.
+
+    Returns (requests/s, p50 latency in ms).
+    """
     headers = {"Authorization": f"Bearer {server.token}"}
-    latencies = []
+    url = f"{server.db_url}/t/-/insert"
+    latencies: list[float] = []
+
+    async def one_client(count: int) -> None:
+        async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+            for n in range(count):
+                before = time.perf_counter()
+                response = await client.post(url, json={"row": {"n": n}})
+                latencies.append(time.perf_counter() - before)
+                assert response.status_code == 201, response.text
+
     async with httpx.AsyncClient(headers=headers, timeout=30) as client:
-        url = f"{server.db_url}/t/-/insert"
         await client.post(f"{server.db_url}/-/create", json={"table": "t", "row": {"n": -1}})
-        started = time.perf_counter()
-        for n in range(requests):
-            before = time.perf_counter()
-            response = await client.post(url, json={"row": {"n": n}})
-            latencies.append(time.perf_counter() - before)
-            assert response.status_code == 201, response.text
-        elapsed = time.perf_counter() - started
-    return requests / elapsed, statistics.median(latencies) * 1000
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client(requests // clients) for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    return len(latencies) / elapsed, statistics.median(latencies) * 1000
 
 
 def make_events(count: int) -> list[Event]:
@@ -110,10 +123,6 @@ async def delivery(
     table = f"delivered_{batch_limit}"
     events = [Event(e.id, table, e.instance, e.created, e.data) for e in events]
     internal = directory / f"delivery-{batch_limit}-internal.db"
-    outbox = SQLiteOutbox(internal)
-    await outbox.open(["datasette"])
-    await outbox.append(events, ["datasette"])
-    await outbox.close()
     plugin = {
         "api_url": f"{receiver.db_url}/-/create",
         "api_token": receiver.token,
@@ -121,6 +130,12 @@ async def delivery(
         "batch_limit": batch_limit,
         "table": table,
     }
+    # The events wait for the destination the plugin's sink will have.
+    destination = DatasetteSink(api_url=plugin["api_url"], api_token=receiver.token).destination
+    outbox = SQLiteOutbox(internal)
+    await outbox.open([destination])
+    await outbox.append(events, [destination])
+    await outbox.close()
     server = sender(directory, f"delivery-{batch_limit}", plugin, internal)
     server.start()
     try:
@@ -141,7 +156,7 @@ async def delivery(
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=960, help="Per round and sender.")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=50_000)
     args = parser.parse_args()
@@ -149,27 +164,48 @@ async def main() -> None:
         directory = Path(tmp)
         with DatasetteReceiver(directory=directory / "receiver") as receiver:
             plugin_on = {"api_url": f"{receiver.db_url}/-/create", "api_token": receiver.token}
-            off = sender(directory, "off", {}, directory / "off-internal.db")
-            on = sender(directory, "on", plugin_on, directory / "on-internal.db")
-            results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
-            for server in (off, on):
+            senders = {
+                "off": sender(directory, "off", {}, directory / "off-internal.db"),
+                "on": sender(directory, "on", plugin_on, directory / "on-internal.db"),
+                "fsync": sender(
+                    directory,
+                    "fsync",
+                    {**plugin_on, "durability": "fsync"},
+                    directory / "fsync-internal.db",
+                ),
+            }
+            results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+            for server in senders.values():
                 server.start()
             try:
-                for _ in range(args.rounds):
-                    for name, server in (("off", off), ("on", on)):
-                        results[name].append(await drive(server, args.requests))
+                for clients in CLIENTS:
+                    for _ in range(args.rounds):
+                        for name, server in senders.items():
+                            runs = results.setdefault((name, clients), [])
+                            runs.append(await drive(server, args.requests, clients))
             finally:
-                off.close()
-                on.close()
-            rate = {name: statistics.median(r[0] for r in runs) for name, runs in results.items()}
-            p50 = {name: statistics.median(r[1] for r in runs) for name, runs in results.items()}
-            print(f"sender, {args.rounds} rounds of {args.requests} single-row inserts each:")
-            for name in ("off", "on"):
-                print(f"  plugin {name:3}: {rate[name]:7.1f} requests/s   p50 {p50[name]:.2f} ms")
+                for server in senders.values():
+                    server.close()
+            print(f"sender, medians of {args.rounds} rounds of {args.requests} single-row inserts")
             print(
-                f"  on ÷ off: {rate['on'] / rate['off']:.3f}   "
-                f"p50 difference: {p50['on'] - p50['off']:+.2f} ms"
+                "  clients   off req/s  on req/s  on÷off   p50 off  p50 on   Δp50"
+                "   fsync req/s  fsync÷off"
             )
+            for clients in CLIENTS:
+                rate = {
+                    name: statistics.median(r[0] for r in results[(name, clients)])
+                    for name in senders
+                }
+                p50 = {
+                    name: statistics.median(r[1] for r in results[(name, clients)])
+                    for name in senders
+                }
+                print(
+                    f"  {clients:>7} {rate['off']:>11.0f} {rate['on']:>9.0f} "
+                    f"{rate['on'] / rate['off']:>7.3f} {p50['off']:>8.2f} {p50['on']:>7.2f} "
+                    f"{p50['on'] - p50['off']:>+6.2f} {rate['fsync']:>13.0f} "
+                    f"{rate['fsync'] / rate['off']:>10.3f}"
+                )
             forwarded = count_rows(receiver, "datasette_events")
             print(f"  (forwarded so far: {forwarded} events)")
 
