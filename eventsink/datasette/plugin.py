@@ -249,6 +249,14 @@ def make_plugin_outbox(datasette: Any, settings: Settings) -> tuple[Outbox, str]
         note = "Datasette's internal database (temporary: start with --internal FILE to keep it)"
     else:
         note = "Datasette's internal database"
+    path = getattr(internal, "path", None)
+    if path and not internal.is_memory:
+        # A connection of the outbox's own to the internal database file (WAL): a request's
+        # event then waits for the outbox's grouped commit only, not behind Datasette's own
+        # writes to that database in its write thread.
+        return SQLiteOutbox(path, durability=settings.durability), note
+    # Before 1.0a30 the internal database is in memory unless --internal names a file: only
+    # Datasette's own connection can reach it.
     return SQLiteOutbox(runner=DatasetteRunner(internal)), note
 
 
