@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import sqlite3
 import sys
@@ -12,22 +11,10 @@ from typing import Any
 
 import click
 
-from ..metrics import prometheus_text, samples
+from ..metrics import age_seconds, prometheus_text, samples
 from ..outbox.sqlite import SQLiteOutbox, ensure_schema
 from .common import dumps, outbox_path, output_options
 from .interrupt import EXIT_DEAD_LETTERS, EXIT_FAILURE, EXIT_OK
-
-
-def _age(created: str | None, now: float) -> float | None:
-    if not created:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return round(max(0.0, now - moment.timestamp()), 3)
 
 
 def write_problem(path: str) -> str | None:
@@ -103,7 +90,7 @@ async def read_status(path: str) -> dict[str, Any]:
             "pending": held.pending,
             "in_flight": held.in_flight,
             "oldest_pending": held.oldest_created,
-            "oldest_pending_age": _age(held.oldest_created, now),
+            "oldest_pending_age": age_seconds(held.oldest_created, now),
             "bytes": held.bytes,
             "dead_letters": held.dead_letters,
             "served_by": served.get(name, []),

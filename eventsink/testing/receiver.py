@@ -186,17 +186,7 @@ class DatasetteReceiver:
 
     def rows(self, table: str = "datasette_events") -> list[dict[str, Any]]:
         """Every row of ``table`` in the database file (``[]`` if the table does not exist)."""
-        connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-        connection.row_factory = sqlite3.Row
-        try:
-            exists = connection.execute(
-                "select 1 from sqlite_master where type = 'table' and name = ?", [table]
-            ).fetchone()
-            if not exists:
-                return []
-            return [dict(row) for row in connection.execute(f'select * from "{table}"')]
-        finally:
-            connection.close()
+        return table_rows(self.path, table)
 
     def __enter__(self) -> DatasetteReceiver:
         self.start()
@@ -207,3 +197,18 @@ class DatasetteReceiver:
 
     def __repr__(self) -> str:
         return f"<DatasetteReceiver {self.db_url}>"
+
+
+def table_rows(path: str | os.PathLike[str], table: str) -> list[dict[str, Any]]:
+    """Every row of ``table`` in the SQLite file ``path``, read-only (``[]`` if no such table)."""
+    connection = sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True)
+    connection.row_factory = sqlite3.Row
+    try:
+        exists = connection.execute(
+            "select 1 from sqlite_master where type = 'table' and name = ?", [table]
+        ).fetchone()
+        if not exists:
+            return []
+        return [dict(row) for row in connection.execute(f'select * from "{table}"')]
+    finally:
+        connection.close()

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from .receiver import DatasetteReceiver
+from .receiver import DatasetteReceiver, table_rows
 
 
 @dataclass
@@ -117,14 +116,4 @@ class DatasetteSender(DatasetteReceiver):
 
 def internal_rows(path: str | os.PathLike[str], table: str) -> list[dict[str, Any]]:
     """Rows of ``table`` in a sender's internal database (``[]`` if it does not exist)."""
-    connection = sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True)
-    connection.row_factory = sqlite3.Row
-    try:
-        exists = connection.execute(
-            "select 1 from sqlite_master where type = 'table' and name = ?", [table]
-        ).fetchone()
-        if not exists:
-            return []
-        return [dict(row) for row in connection.execute(f'select * from "{table}"')]
-    finally:
-        connection.close()
+    return table_rows(path, table)
