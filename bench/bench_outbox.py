@@ -12,7 +12,7 @@ machine; the live path, the noisiest (its WAL checkpoints wait on the disk), is 
    ``synchronous=NORMAL``) and ``durability: fsync`` (``synchronous=FULL``).
 2. **Live: write -> outbox -> null sink.** One thread writes through ``Client`` (batch 100, no
    rate limit) as fast as it can; events are leased to the lane in the commit that stores them,
-   kept in memory up to ten batches and read back by primary key beyond that.
+   kept in memory by the outbox up to 5,000 per sink and read back by primary key beyond that.
 3. **Backlog: outbox -> null sink.** Events already in the outbox when the pipeline starts (as
    after an outage or a restart) are leased back 100 at a time, delivered and acked.
 """

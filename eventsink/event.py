@@ -162,8 +162,25 @@ def normalise(data: Any) -> dict[str, Any]:
     return _convert_dict(data, "", 1)
 
 
+#: Key tuples already found good. Events of one table mostly share their keys, so checking
+#: each key (a quarter of write()'s validation) is done once per shape; bounded, so that
+#: events with ever-new keys cannot grow it without end.
+_GOOD_KEYS: set[tuple[Any, ...]] = set()
+_GOOD_KEYS_LIMIT = 4096
+
+
 def _check_keys(data: dict[Any, Any]) -> None:
     """Refuse reserved keys and top-level keys equal but for case (see the module docstring)."""
+    keys = tuple(data)
+    if keys in _GOOD_KEYS:
+        return
+    _check_each_key(data)
+    if len(_GOOD_KEYS) >= _GOOD_KEYS_LIMIT:
+        _GOOD_KEYS.clear()
+    _GOOD_KEYS.add(keys)
+
+
+def _check_each_key(data: dict[Any, Any]) -> None:
     lowered: dict[str, Any] = {}
     for key in data:
         if not isinstance(key, str):

@@ -134,6 +134,7 @@ class MessageOutbox(Outbox):
     durable = True
 
     def __init__(self, js: Any, dead_letter_subject: str | None) -> None:
+        super().__init__()
         if dead_letter_subject:
             self.dead_letter_hint = (
                 f"They were republished to {dead_letter_subject!r} and terminated in the stream."

@@ -19,9 +19,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..event import Event
+
+if TYPE_CHECKING:
+    from .held import HeldEvents
 
 
 @dataclass
@@ -101,16 +104,28 @@ class Outbox(ABC):
     shared: bool = False
     #: True when committed events survive the process.
     durable: bool = False
-    #: True when events leased at append can be read back with :meth:`read_leased`, so a lane
-    #: need not keep more than a few batches of them in memory. Such an outbox's handles are
-    #: integers that increase with each append.
-    reads_back: bool = False
     #: ``max_events`` when the configuration gives none.
     default_max_events: int = 100_000
     #: What the log says to do about dead-lettered events.
     dead_letter_hint: str = (
         "They are in the dead-letter store: fix the cause, then replay them (eventsink replay)."
     )
+
+    def __init__(self) -> None:
+        self._held: dict[str, HeldEvents] = {}
+
+    def held(self, destination: str) -> HeldEvents:
+        """The events of ``destination`` leased to this process at append, for its lane."""
+        held = self._held.get(destination)
+        if held is None:
+            held = self._held[destination] = self._new_held(destination)
+        return held
+
+    def _new_held(self, destination: str) -> HeldEvents:
+        """Hold every event in memory; an outbox that can read events back keeps fewer."""
+        from .held import HeldEvents
+
+        return HeldEvents()
 
     @abstractmethod
     async def open(
@@ -126,24 +141,17 @@ class Outbox(ABC):
     @abstractmethod
     async def append(
         self, events: Sequence[Event], destinations: Sequence[str], lease_for: Sequence[str] = ()
-    ) -> dict[str, Leased]:
+    ) -> dict[str, int]:
         """Store ``events`` once for each destination, in one commit.
 
-        For the destinations in ``lease_for`` the new rows are leased by this process at once and
-        returned (no other process takes them), so the lane delivers them from memory, or
-        reads them back with :meth:`read_leased` when it holds more than it keeps in memory.
+        For the destinations in ``lease_for`` the new rows are leased by this process at once
+        (no other process takes them) and added to :meth:`held`, from which the lane takes them;
+        returns how many were held, by destination.
         """
 
     @abstractmethod
     async def lease(self, destination: str, limit: int) -> Leased | None:
         """Up to ``limit`` of the oldest unleased events of ``destination``; ``None`` if none."""
-
-    async def read_leased(
-        self, destination: str, first: int, last: int, limit: int
-    ) -> Leased | None:
-        """Up to ``limit`` of the events leased at append with handles from ``first`` to
-        ``last``, oldest first (events leased later with :meth:`lease` are not included)."""
-        raise NotImplementedError(f"{type(self).__name__} keeps leased events in memory")
 
     @abstractmethod
     async def ack(self, destination: str, leased: Leased) -> None:

@@ -13,6 +13,7 @@ class MemoryOutbox(Outbox):
     """An outbox in process memory: fast, and lost when the process ends."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._pending: dict[str, deque[Event]] = {}
         self._in_flight: dict[str, int] = {}
         self._dead: list[DeadLetter] = []
@@ -40,16 +41,17 @@ class MemoryOutbox(Outbox):
 
     async def append(
         self, events: Sequence[Event], destinations: Sequence[str], lease_for: Sequence[str] = ()
-    ) -> dict[str, Leased]:
-        leased = {}
+    ) -> dict[str, int]:
+        held = {}
         for destination in destinations:
             if destination in lease_for:
                 self._queue(destination)
                 self._in_flight[destination] += len(events)
-                leased[destination] = Leased(list(events), range(len(events)))
+                self.held(destination).add(events, range(len(events)))
+                held[destination] = len(events)
             else:
                 self._queue(destination).extend(events)
-        return leased
+        return held
 
     async def lease(self, destination: str, limit: int) -> Leased | None:
         queue = self._queue(destination)

@@ -50,7 +50,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
-from itertools import chain
 from typing import Any, TypeVar
 
 from ..event import Event
@@ -58,6 +57,7 @@ from ..exceptions import ConfigError
 from ..pipeline.threads import WorkerThreads
 from ..sqlite_files import connect
 from .base import DeadLetter, Failure, Leased, Outbox, SinkBacklog
+from .held import HeldEvents
 
 T = TypeVar("T")
 
@@ -126,7 +126,10 @@ CLAIMED = "/claimed"  # suffix of the name under which a process holds rows it c
 ACK_DELAY = 0.01  # seconds an acked row may wait for its delete to join another transaction
 
 
-_INSERT_ROWS = 100  # rows per multi-row insert: 800 parameters, under the old limit of 999
+_INSERT_ROWS = 100  # rows per multi-row insert: 700 parameters, under the old limit of 999
+#: Events leased at append that a destination's lane keeps in memory by default: while its
+#: sink keeps up, events are sent from memory; behind that, read back by primary key.
+HELD_IN_MEMORY = 5_000
 
 
 @cache
@@ -245,6 +248,23 @@ def _chunks(items: Sequence[T], size: int = _CHUNK) -> list[Sequence[T]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """``seqs`` as (first, last) runs of consecutive integers, ascending."""
+    runs: list[tuple[int, int]] = []
+    if not seqs:
+        return runs
+    ordered = sorted(seqs)
+    first = last = ordered[0]
+    for seq in ordered[1:]:
+        if seq == last + 1:
+            last = seq
+        elif seq != last:  # a repeat adds nothing
+            runs.append((first, last))
+            first = last = seq
+    runs.append((first, last))
+    return runs
+
+
 def _marks(count: int) -> str:
     return ",".join("?" * count)
 
@@ -361,8 +381,9 @@ class SQLiteOutbox(Outbox):
 
     shared = True
     durable = True
-    reads_back = True
     default_max_events = 1_000_000
+    #: Events leased at append kept in memory per destination; the rest are read back.
+    held_in_memory = HELD_IN_MEMORY
 
     def __init__(
         self,
@@ -372,6 +393,7 @@ class SQLiteOutbox(Outbox):
         runner: Runner | None = None,
         lease_seconds: float = LEASE_SECONDS,
     ) -> None:
+        super().__init__()
         if runner is None:
             if path is None:
                 raise TypeError("SQLiteOutbox needs a path or a runner")
@@ -463,33 +485,50 @@ class SQLiteOutbox(Outbox):
             except Exception:
                 logger.exception("eventsink outbox: renewing this process's hold failed")
 
+    def _new_held(self, destination: str) -> HeldEvents:
+        async def read_back(first: int, last: int, limit: int) -> Leased | None:
+            return await self.read_leased(destination, first, last, limit)
+
+        return HeldEvents(self.held_in_memory, read_back)
+
     async def append(
         self, events: Sequence[Event], destinations: Sequence[str], lease_for: Sequence[str] = ()
-    ) -> dict[str, Leased]:
-        values = [
-            (event.id, event.table, event.instance, event.created, event.data_json())
-            for event in events
-        ]
+    ) -> dict[str, int]:
+        # One flat list of parameters per destination, built once: a multi-row statement takes
+        # slices of it, with no tuple per row.
+        columns: list[Any] = []
+        for event in events:
+            columns += (event.id, event.table, event.instance, event.created, event.data_json())
         owner = self.owner
+        count = len(events)
+        width = 7
 
-        def insert(connection: sqlite3.Connection) -> dict[str, range]:
-            handles = {}
+        def insert(connection: sqlite3.Connection) -> dict[str, int]:
+            lasts = {}
             for destination in destinations:
                 holder = owner if destination in lease_for else None
-                rows = [(destination, *row, holder) for row in values]
-                for chunk in _chunks(rows, _INSERT_ROWS):
+                params: list[Any] = [None] * (count * width)
+                params[0::width] = [destination] * count
+                for column in range(5):
+                    params[column + 1 :: width] = columns[column::5]
+                params[6::width] = [holder] * count
+                for start in range(0, count, _INSERT_ROWS):
+                    rows = min(_INSERT_ROWS, count - start)
                     # One multi-row statement is one sqlite3_step, so one release of the GIL
                     # instead of one per row: on a busy core each release can cost a thread
                     # switch interval before the GIL comes back.
-                    cursor = connection.execute(_insert_sql(len(chunk)), list(chain(*chunk)))
-                if destination in lease_for:
-                    # One writer inside one transaction: the rowids just made are contiguous.
-                    last = cursor.lastrowid
-                    handles[destination] = range(last - len(values) + 1, last + 1)
-            return handles
+                    cursor = connection.execute(
+                        _insert_sql(rows), params[start * width : (start + rows) * width]
+                    )
+                if holder is not None:
+                    lasts[destination] = cursor.lastrowid
+            return lasts
 
-        handles = await self._run(insert)
-        return {key: Leased(list(events), seqs) for key, seqs in handles.items()}
+        lasts = await self._run(insert)
+        for destination, last in lasts.items():
+            # One writer inside one transaction: the rowids just made are contiguous.
+            self.held(destination).add(events, range(last - count + 1, last + 1))
+        return {destination: count for destination in lasts}
 
     async def lease(self, destination: str, limit: int) -> Leased | None:
         owner = self.claimer
@@ -562,10 +601,11 @@ class SQLiteOutbox(Outbox):
             return await self.runner.run(fn)
 
         def delete_acked_then(connection: sqlite3.Connection) -> T:
-            for chunk in _chunks(acked):
-                connection.execute(
-                    f"delete from eventsink_outbox where seq in ({_marks(len(chunk))})", chunk
-                )
+            # Acked rows are mostly runs of consecutive seqs (batches appended together): one
+            # range delete per run instead of a parameter per row.
+            connection.executemany(
+                "delete from eventsink_outbox where seq between ? and ?", _runs(acked)
+            )
             return fn(connection)
 
         try:

@@ -43,7 +43,6 @@ from .pacing import LogThrottle, TokenBucket, backoff_delay
 
 logger = logging.getLogger("eventsink")
 
-HOT_BATCHES = 10  # batches of events leased at append that a lane keeps in memory
 OUTBOX_RETRY_DELAY = 1.0  # seconds before trying again after the outbox itself failed
 
 
@@ -139,14 +138,8 @@ class Lane:
         self.send_slots = send_slots(sink, settings.concurrency)
         self.stats = LaneStats(sink=name)
         self.pending = 0  # events in the outbox for this sink that nobody has leased
-        # Events leased at append, oldest first: the first few batches in memory ("hot"), the
-        # rest ("spilled") only in the outbox, known by the range of their handles and read
-        # back when their turn comes.
-        self._hot: deque[Leased] = deque()
-        self._hot_count = 0
-        self._hot_limit = HOT_BATCHES * settings.batch_limit if outbox.reads_back else None
-        self._spill_first = self._spill_last = 0
-        self._spilled_count = 0
+        # Events leased to this process as they were appended, kept (or read back) by the outbox.
+        self.held = outbox.held(self.destination)
         self.settled = 0
         self._refusal: str | None = None  # a receiver-wide refusal the sink is paused for
         self._first_pending_at: float | None = None
@@ -171,7 +164,7 @@ class Lane:
     @property
     def available(self) -> int:
         """Events this lane knows are waiting: unleased in the outbox, or leased at append."""
-        return self.pending + self._hot_count + self._spilled_count
+        return self.pending + len(self.held)
 
     def _arrived(self, was: int) -> None:
         if was == 0:
@@ -185,38 +178,9 @@ class Lane:
         self.pending += count
         self._arrived(was)
 
-    def offer(self, leased: Leased) -> None:
-        """Events appended and already leased to this lane."""
-        was = self.available
-        count = len(leased.handles)
-        room = self._hot_limit is None or self._hot_count + count <= self._hot_limit
-        if room and not self._spilled_count:
-            self._hot.append(leased)
-            self._hot_count += count
-        else:  # memory holds enough: the events are read back from the outbox later
-            if not self._spilled_count:
-                self._spill_first = leased.handles[0]
-            self._spill_last = leased.handles[-1]
-            self._spilled_count += count
-        self._arrived(was)
-
-    def take_hot(self, limit: int) -> Leased:
-        """Up to ``limit`` of the oldest events leased at append (for sending or dropping)."""
-        events: list[Any] = []
-        handles: list[Any] = []
-        while self._hot and len(events) < limit:
-            chunk = self._hot[0]
-            room = limit - len(events)
-            if len(chunk.events) <= room:
-                self._hot.popleft()
-                events += chunk.events
-                handles += chunk.handles
-            else:
-                events += chunk.events[:room]
-                handles += chunk.handles[:room]
-                self._hot[0] = Leased(chunk.events[room:], chunk.handles[room:])
-        self._hot_count -= len(events)
-        return Leased(events, handles)
+    def notify_held(self, count: int) -> None:
+        """``count`` events were appended and leased to this lane (now in :attr:`held`)."""
+        self._arrived(self.available - count)
 
     async def drop_oldest(self, count: int) -> list[Event]:
         """Drop up to ``count`` of this sink's oldest undelivered events not being sent.
@@ -238,12 +202,8 @@ class Lane:
         For ``overflow: drop_oldest``. Removing them from the outbox is the same operation as
         confirming them. Returns the removed events.
         """
-        dropped = self.take_hot(count)
-        if len(dropped.events) < count and self._spilled_count:
-            spilled = await self._read_spilled(count - len(dropped.events))  # for their sizes
-            if spilled is not None:
-                dropped.events += spilled.events
-                dropped.handles = [*dropped.handles, *spilled.handles]
+        dropped = await self.held.take_oldest(count)
+        self._finish_vanished()
         if dropped.events:
             await self.outbox.ack(self.destination, dropped)
         return dropped.events
@@ -316,9 +276,9 @@ class Lane:
                 await asyncio.gather(*sending, return_exceptions=True)
             if leased is not None:
                 await self.outbox.release(self.destination, leased)
-            while self._hot:
-                await self.outbox.release(self.destination, self._hot.popleft())
-            self._hot_count = 0
+            hot = self.held.take_hot(len(self.held))
+            if hot.events:
+                await self.outbox.release(self.destination, hot)
             # Spilled events stay leased to this process until the outbox closes, which gives
             # back everything the process holds in one statement.
 
@@ -333,8 +293,7 @@ class Lane:
                 error, "the outbox failed while delivering a batch; it is sent again in %.0fs"
             )
             if not await self._sleep_unless_stopped(OUTBOX_RETRY_DELAY):
-                self._hot.appendleft(leased)
-                self._hot_count += len(leased.events)
+                self.held.put_back(leased)
                 self._ready.set()
         finally:
             slots.release()
@@ -364,27 +323,16 @@ class Lane:
     async def _next_batch(self, limit: int) -> Leased | None:
         if self.pending:  # older events first
             return await self._lease_backlog(limit)
-        if self._hot:
-            return self.take_hot(limit)
-        if self._spilled_count:
-            return await self._read_spilled(limit)
-        return None
-
-    async def _read_spilled(self, limit: int) -> Leased | None:
-        """Read back up to ``limit`` of the oldest spilled events from the outbox."""
-        leased = await self.outbox.read_leased(
-            self.destination, self._spill_first, self._spill_last, limit
-        )
-        found = len(leased.events) if leased else 0
-        if leased is not None:
-            self._spill_first = leased.handles[-1] + 1
-        self._spilled_count -= found
-        if found < limit and self._spilled_count:
-            # The range is read to its end, yet some are missing: only another process that
-            # presumed this one dead (stalled past lease_seconds) can have taken them.
-            self._finish(self._spilled_count)
-            self._spilled_count = 0
+        leased = await self.held.take(limit)
+        self._finish_vanished()
         return leased
+
+    def _finish_vanished(self) -> None:
+        """Held events gone from the outbox are no longer this lane's: another process that
+        presumed this one dead (stalled past its lease) took them."""
+        vanished = self.held.take_vanished()
+        if vanished:
+            self._finish(vanished)
 
     async def _wait_for_batch(self) -> None:
         """Return when a batch should be leased: full, old enough, flushing, or polling."""

@@ -345,7 +345,7 @@ class Pipeline:
             self.intake.committed(len(events))
             if stored is not None:
                 for lane in self.lanes.values():
-                    lane.offer(stored[lane.destination])
+                    lane.notify_held(stored.get(lane.destination, 0))
             if stored is not None and self.settings.overflow == "drop_oldest":
                 try:
                     await self._drop_oldest()
@@ -382,7 +382,8 @@ class Pipeline:
     async def _store(self, events: list[Event]) -> tuple[Any, OutboxError | None]:
         """Append ``events`` with a bounded number of attempts; drop them if all fail.
 
-        Returns the leased handles (``None`` when dropped) and the error to give waiters.
+        Returns how many were held for each destination (``None`` when dropped) and the
+        error to give waiters.
         """
         if not events:
             return None, None
@@ -390,7 +391,7 @@ class Pipeline:
         delay = 0.1
         for attempt in range(1, attempts + 1):
             try:
-                leased = await self.outbox.append(events, self._keys, self._keys)
+                held = await self.outbox.append(events, self._keys, self._keys)
             except Exception as error:
                 reason = _describe_outbox_error(error)
                 self.outbox_error = f"outbox cannot be written: {reason}"
@@ -403,7 +404,7 @@ class Pipeline:
             if self.outbox_error is not None:
                 logger.warning("eventsink: the outbox can be written again")
                 self.outbox_error = None
-            return leased, None
+            return held, None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _drop(self, events: Sequence[Event], reason: str, detail: str | None = None) -> None:

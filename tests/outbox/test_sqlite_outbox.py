@@ -71,13 +71,16 @@ class TestOutboxContract:
         assert backlog is None or (backlog.pending, backlog.in_flight) == (0, 0)
         await outbox.close()
 
-    async def test_append_with_lease_returns_the_rows(self, outbox):
+    async def test_append_with_lease_holds_the_rows(self, outbox):
         await outbox.open(["a"])
         events = make_events(5)
-        leased = await outbox.append(events, ["a"], ["a"])
-        assert [e.id for e in leased["a"].events] == [e.id for e in events]
+        assert await outbox.append(events, ["a"], ["a"]) == {"a": 5}
+        assert len(outbox.held("a")) == 5
         assert await outbox.lease("a", 10) is None  # already leased
-        await outbox.ack("a", leased["a"])
+        leased = await outbox.held("a").take(10)
+        assert [e.id for e in leased.events] == [e.id for e in events]
+        assert len(outbox.held("a")) == 0
+        await outbox.ack("a", leased)
         backlog = await outbox.backlog()
         assert "a" not in backlog or backlog["a"].in_flight == 0
         await outbox.close()
@@ -330,11 +333,12 @@ class TestHolding:
 
     async def test_events_beyond_memory_are_read_back_in_order_exactly_once(self, tmp_path):
         outbox = SQLiteOutbox(tmp_path / "outbox.db")
-        pipeline = gated_pipeline(outbox, batch_limit=10)  # 100 events kept in memory
+        outbox.held_in_memory = 100
+        pipeline = gated_pipeline(outbox, batch_limit=10)
         await pipeline.start()
         written = [await pipeline.write_async("t", {"n": n}) for n in range(1000)]
         lane = pipeline.lanes["memory"]
-        assert lane._spilled_count > 0
+        assert lane.held.spilled > 0
         # Every row is held by this process: another process cannot take any of them, and
         # none was leased with an UPDATE of its own.
         assert await rows_by_owner(outbox) == Counter({outbox.owner: 1000})
@@ -350,23 +354,28 @@ class TestHolding:
     async def test_reading_back_skips_rows_claimed_inside_the_range(self, tmp_path):
         outbox = SQLiteOutbox(tmp_path / "outbox.db")
         other = SQLiteOutbox(tmp_path / "outbox.db")  # another process, appending for anyone
+        outbox.held_in_memory = 0  # every appended event is read back
         await outbox.open(["a"])
         await other.open(["a"])
-        first = (await outbox.append(make_events(5), ["a"], ["a"]))["a"]
+        first, second = make_events(5), make_events(5)
+        await outbox.append(first, ["a"], ["a"])
         await other.append(make_events(5), ["a"])
-        second = (await outbox.append(make_events(5), ["a"], ["a"]))["a"]
+        await outbox.append(second, ["a"], ["a"])
+        assert outbox.held("a").spilled == 10
         claimed = await outbox.lease("a", 10)  # the other's rows, now in flight here
         assert claimed is not None and len(claimed.events) == 5
-        back = await outbox.read_leased("a", first.handles[0], second.handles[-1], 100)
+        limited = await outbox.held("a").take(3)
+        assert limited is not None and [e.id for e in limited.events] == [e.id for e in first[:3]]
+        back = await outbox.held("a").take(100)
         assert back is not None
-        assert [e.id for e in back.events] == [e.id for e in first.events + second.events]
-        limited = await outbox.read_leased("a", first.handles[0], second.handles[-1], 3)
-        assert limited is not None and limited.handles == list(first.handles[:3])
+        assert [e.id for e in back.events] == [e.id for e in first[3:] + second]
+        assert len(outbox.held("a")) == 0 and outbox.held("a").take_vanished() == 0
         await other.close()
         await outbox.close()
 
     async def test_drop_oldest_reaches_spilled_events(self, tmp_path):
         outbox = SQLiteOutbox(tmp_path / "outbox.db")
+        outbox.held_in_memory = 100
         pipeline = gated_pipeline(outbox, batch_limit=10, max_events=500, overflow="drop_oldest")
         await pipeline.start()
         for n in range(1000):
