@@ -164,9 +164,9 @@ class TestRealReceiver:
             await sink.send(make_events(1, unique_table()))
         await sink.close()
         message = str(caught.value)
-        assert caught.value.status == 401
         assert receiver.db_url in message and "create-table" in message
-        assert "Invalid token signature" in message
+        if caught.value.status != 403:  # older alphas answer 403 "Permission denied"
+            assert caught.value.status == 401 and "Invalid token signature" in message
         assert "dstok_not-a-real-token" not in message
 
     async def test_token_without_permission_names_the_permission(self, receiver):
