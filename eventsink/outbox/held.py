@@ -10,6 +10,7 @@ the sink falls behind.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -39,6 +40,7 @@ class HeldEvents:
         self._spilled_first = self._spilled_last = 0
         self._spilled = 0
         self._vanished = 0
+        self._reading = asyncio.Lock()
 
     def __len__(self) -> int:
         return self._hot_count + self._spilled
@@ -103,16 +105,23 @@ class HeldEvents:
 
     async def _take_spilled(self, limit: int) -> Leased | None:
         assert self._read_back is not None
-        leased = await self._read_back(self._spilled_first, self._spilled_last, limit)
-        found = len(leased.events) if leased is not None else 0
-        if leased is not None and found:
-            self._spilled_first = leased.handles[-1] + 1
-        self._spilled -= found
-        if found < limit and self._spilled:
-            # The range was read to its end, yet some are missing: only another process that
-            # presumed this one dead (stalled past its lease) can have taken them.
-            self._vanished += self._spilled
-            self._spilled = 0
+        async with self._reading:  # two readers of one range would both take its events
+            if not self._spilled:
+                return None
+            # The range and its count as they are now: events added while the read awaits
+            # extend the range past ``last`` and are left for the next read.
+            first, last, in_range = self._spilled_first, self._spilled_last, self._spilled
+            leased = await self._read_back(first, last, limit)
+            found = len(leased.events) if leased is not None else 0
+            if found < limit:
+                # The range was read to its end, yet some are missing: only another process
+                # that presumed this one dead (stalled past its lease) can have taken them.
+                self._vanished += in_range - found
+                self._spilled -= in_range
+                self._spilled_first = last + 1
+            else:
+                self._spilled -= found
+                self._spilled_first = leased.handles[-1] + 1  # type: ignore[union-attr]
         return leased if found else None
 
     async def take_oldest(self, count: int) -> Leased:

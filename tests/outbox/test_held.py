@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,8 @@ class Rows:
         self.rows: dict[int, Event] = {}
         self.next_seq = 1
         self.reads = 0
+        #: Called while a read awaits, as the pipeline's writer may append then.
+        self.during_read: Callable[[], None] | None = None
 
     def append(self, count: int) -> tuple[list[Event], range]:
         first = self.next_seq
@@ -31,6 +34,9 @@ class Rows:
     async def read_back(self, first: int, last: int, limit: int) -> Leased | None:
         self.reads += 1
         seqs = sorted(seq for seq in self.rows if first <= seq <= last)[:limit]
+        await asyncio.sleep(0)
+        if self.during_read is not None:
+            self.during_read()
         if not seqs:
             return None
         return Leased([self.rows[seq] for seq in seqs], seqs)
@@ -41,6 +47,8 @@ operations = st.lists(
         st.tuples(st.just("add"), st.integers(1, 30)),
         st.tuples(st.just("take"), st.integers(1, 40)),
         st.tuples(st.just("take_oldest"), st.integers(1, 40)),
+        st.tuples(st.just("add_during_reads"), st.integers(0, 30)),  # 0: stop adding
+        st.tuples(st.just("take_twice_at_once"), st.integers(1, 40)),
         st.tuples(st.just("put_back"), st.just(0)),
         st.tuples(st.just("vanish"), st.integers(0, 200)),  # another process took a row
     ),
@@ -73,8 +81,18 @@ def test_held_events_come_out_in_order_exactly_once(in_memory, steps):
                 taken.extend(leased.handles)
                 last = leased
 
+        def add(count: int) -> None:
+            nonlocal added
+            held.add(*rows.append(count))
+            added += count
+
         for name, number in steps:
-            if name == "add":
+            if name == "add_during_reads":
+                rows.during_read = (lambda count=number: add(count)) if number else None
+            elif name == "take_twice_at_once":  # the lane and drop_oldest, say
+                await asyncio.gather(take("take", number), take("take_oldest", number))
+                last = None
+            elif name == "add":
                 before = held._hot_count
                 held.add(*rows.append(number))
                 added += number
@@ -92,6 +110,7 @@ def test_held_events_come_out_in_order_exactly_once(in_memory, steps):
                 candidates = sorted(set(rows.rows) - in_memory_now - set(taken))
                 if candidates:
                     del rows.rows[candidates[number % len(candidates)]]
+        rows.during_read = None
         while len(held):
             await take("take", 7)
         assert await held.take(7) is None
