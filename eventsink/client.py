@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import pluggy
@@ -117,8 +117,18 @@ class Client:
 
     # -- the API ---------------------------------------------------------------------------
 
-    def write(self, table: str, data: Mapping[str, Any], *, wait: bool = False) -> str | None:
+    def write(
+        self,
+        table: str,
+        data: Mapping[str, Any],
+        *,
+        wait: bool = False,
+        sinks: Collection[str] | None = None,
+    ) -> str | None:
         """Queue one event for ``table``; return its id, or ``None`` if a filter dropped it.
+
+        ``sinks`` sends it only to the sinks of those names (from a ``sinks`` list config)
+        instead of to all of them.
 
         With ``wait=True`` it returns only once the event is committed to the outbox, so it
         survives a crash or a SIGTERM from then on (a durable outbox; about one commit of
@@ -126,9 +136,9 @@ class Client:
         until the next commit, a few milliseconds later.
 
         Raises :class:`~eventsink.exceptions.EventError` (naming the field) for data JSON
-        cannot hold, :class:`~eventsink.exceptions.ClosedError` after :meth:`close`, and with
-        ``wait=True`` :class:`~eventsink.exceptions.OutboxError` when the outbox could not
-        store it.
+        cannot hold or a sink name the client does not have,
+        :class:`~eventsink.exceptions.ClosedError` after :meth:`close`, and with ``wait=True``
+        :class:`~eventsink.exceptions.OutboxError` when the outbox could not store it.
         """
         if self._runner.closed:
             raise ClosedError("this client is closed")
@@ -138,8 +148,10 @@ class Client:
             state.writing += 1  # a SIGTERM now is held until this write returns
         try:
             if wait:
-                return self._run(self.pipeline.write_async(table, data, wait_committed=True))
-            return self.pipeline.write(table, data)
+                return self._run(
+                    self.pipeline.write_async(table, data, wait_committed=True, sinks=sinks)
+                )
+            return self.pipeline.write(table, data, sinks=sinks)
         finally:
             if main:
                 state.writing -= 1

@@ -62,6 +62,25 @@ class TestFileSinkThroughClient:
         with pytest.raises(ConfigError, match="cannot open"):
             eventsink.Client(sink="file", path=str(blocker / "events.jsonl"), outbox=":memory:")
 
+    def test_write_to_some_sinks_by_name(self, tmp_path):
+        """Two file sinks: each file holds exactly the events written for it."""
+        every, audit = tmp_path / "every.jsonl", tmp_path / "audit.jsonl"
+        client = eventsink.Client(
+            sinks=[
+                {"type": "file", "name": "every", "path": str(every)},
+                {"type": "file", "name": "audit", "path": str(audit)},
+            ],
+            outbox=str(tmp_path / "outbox.db"),
+        )
+        both = client.write("t", {"n": 0})
+        only = client.write("t", {"n": 1}, sinks=["audit"])
+        waited = client.write("t", {"n": 2}, sinks={"every"}, wait=True)
+        with pytest.raises(EventError, match="'audit2'"):
+            client.write("t", {"n": 3}, sinks=["audit2"])
+        assert client.close() == 0
+        assert [row["id"] for row in read_lines(every)] == [both, waited]
+        assert [row["id"] for row in read_lines(audit)] == [both, only]
+
 
 class TestInterpreterExit:
     """A client nobody closed still stores and delivers its events when the program ends."""

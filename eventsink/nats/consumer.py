@@ -151,7 +151,9 @@ class MessageOutbox(Outbox):
     async def open(self, sinks: Sequence[str]) -> dict[str, SinkBacklog]:
         return {}
 
-    async def append(self, events: Sequence[Event], sinks: Sequence[str]) -> int:
+    async def append_by_destination(
+        self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
+    ) -> dict[str, int]:
         raise NotImplementedError("events come from the stream")
 
     async def lease(self, sink: str, limit: int) -> Leased | None:

@@ -138,11 +138,18 @@ class Outbox(ABC):
         outbox records them so that status output can tell destinations nobody serves.
         """
 
-    @abstractmethod
     async def append(
         self, events: Sequence[Event], destinations: Sequence[str], lease_for: Sequence[str] = ()
     ) -> dict[str, int]:
-        """Store ``events`` once for each destination, in one commit.
+        """Store ``events`` once for each destination, in one commit (see
+        :meth:`append_by_destination`)."""
+        return await self.append_by_destination(dict.fromkeys(destinations, events), lease_for)
+
+    @abstractmethod
+    async def append_by_destination(
+        self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
+    ) -> dict[str, int]:
+        """Store each destination's events (in their order), all in one commit.
 
         For the destinations in ``lease_for`` the new rows are leased by this process at once
         (no other process takes them) and added to :meth:`held`, from which the lane takes them;

@@ -39,11 +39,13 @@ class MemoryOutbox(Outbox):
     async def serving(self) -> dict[str, list[str]]:
         return dict(self._serving)
 
-    async def append(
-        self, events: Sequence[Event], destinations: Sequence[str], lease_for: Sequence[str] = ()
+    async def append_by_destination(
+        self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
     ) -> dict[str, int]:
         held = {}
-        for destination in destinations:
+        for destination, events in batches.items():
+            if not events:
+                continue
             if destination in lease_for:
                 self._queue(destination)
                 self._in_flight[destination] += len(events)

@@ -491,21 +491,35 @@ class SQLiteOutbox(Outbox):
 
         return HeldEvents(self.held_in_memory, read_back)
 
-    async def append(
-        self, events: Sequence[Event], destinations: Sequence[str], lease_for: Sequence[str] = ()
+    async def append_by_destination(
+        self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
     ) -> dict[str, int]:
-        # One flat list of parameters per destination, built once: a multi-row statement takes
-        # slices of it, with no tuple per row.
-        columns: list[Any] = []
-        for event in events:
-            columns += (event.id, event.table, event.instance, event.created, event.data_json())
+        # One flat list of column values per distinct list of events, built once (every
+        # destination usually shares one list): a multi-row statement takes slices of it,
+        # with no tuple per row.
+        columns_of: dict[int, list[Any]] = {}
+        for events in batches.values():
+            if id(events) not in columns_of:
+                columns: list[Any] = []
+                for event in events:
+                    columns += (
+                        event.id,
+                        event.table,
+                        event.instance,
+                        event.created,
+                        event.data_json(),
+                    )
+                columns_of[id(events)] = columns
         owner = self.owner
-        count = len(events)
         width = 7
 
         def insert(connection: sqlite3.Connection) -> dict[str, int]:
             lasts = {}
-            for destination in destinations:
+            for destination, events in batches.items():
+                count = len(events)
+                if not count:
+                    continue
+                columns = columns_of[id(events)]
                 holder = owner if destination in lease_for else None
                 params: list[Any] = [None] * (count * width)
                 params[0::width] = [destination] * count
@@ -525,10 +539,13 @@ class SQLiteOutbox(Outbox):
             return lasts
 
         lasts = await self._run(insert)
+        held = {}
         for destination, last in lasts.items():
+            events = batches[destination]
             # One writer inside one transaction: the rowids just made are contiguous.
-            self.held(destination).add(events, range(last - count + 1, last + 1))
-        return {destination: count for destination in lasts}
+            self.held(destination).add(events, range(last - len(events) + 1, last + 1))
+            held[destination] = len(events)
+        return held
 
     async def lease(self, destination: str, limit: int) -> Leased | None:
         owner = self.claimer

@@ -1,9 +1,9 @@
 """How many undelivered events the pipeline holds, in one place.
 
 :class:`Capacity` is the single owner of the ``max_events`` / ``max_bytes`` accounting. The
-intake reserves room for each event it accepts (one row per sink), the lanes give it back as
-they finish events (acked, dead-lettered or dropped), and the start and a replay count what the
-outbox already holds. Nothing else writes these counts, so a bug in one stage cannot make
+intake reserves room for each event it accepts (one row per sink it goes to), the lanes give it
+back as they finish events (acked, dead-lettered or dropped), and the start and a replay count
+what the outbox already holds. Nothing else writes these counts, so a bug in one stage cannot make
 another stage's view of "full" wrong.
 """
 
@@ -19,9 +19,10 @@ from ..event import Event
 class Capacity:
     """The count of undelivered events (and their data's bytes) against the pipeline's limits.
 
-    ``rows`` counts one per event and sink, in the intake's buffer and in the outbox, against
-    ``max_events``; ``bytes`` their data's JSON size against ``max_bytes`` (counted only when
-    ``max_bytes`` is set). Thread-safe: writers reserve from any thread, lanes settle on the
+    ``rows`` counts one per event and sink it goes to, in the intake's buffer and in the outbox,
+    against ``max_events``; ``bytes`` their data's JSON size against ``max_bytes`` (counted only
+    when ``max_bytes`` is set). ``copies`` is how many sinks an event goes to; ``None`` means
+    every sink (``sink_count``). Thread-safe: writers reserve from any thread, lanes settle on the
     loop. :attr:`lock` is also the intake's lock, so a writer checks for room and takes it in
     one step. ``on_settle`` is called (on the settling thread) after every settle.
     """
@@ -44,28 +45,28 @@ class Capacity:
         self._space_async: asyncio.Event | None = None  # a writer on the loop waiting
         self._on_settle = on_settle
 
-    def size_of(self, event: Event) -> int:
+    def size_of(self, event: Event, copies: int | None = None) -> int:
         """The bytes ``event`` takes (once per sink); 0 when bytes are not limited."""
         if self.max_bytes is None:
             return 0
-        return len(event.data_json()) * self.sink_count
+        return len(event.data_json()) * (copies or self.sink_count)
 
     # -- with the lock held ----------------------------------------------------------------
 
-    def full(self, size: int) -> bool:
+    def full(self, size: int, copies: int | None = None) -> bool:
         """Whether one more event of ``size`` bytes would go over a limit (lock held)."""
-        if self.rows + self.sink_count > self.max_events:
+        if self.rows + (copies or self.sink_count) > self.max_events:
             return True
         return self.max_bytes is not None and self.bytes + size > self.max_bytes
 
-    def describe_full(self) -> str:
-        if self.rows + self.sink_count > self.max_events:
+    def describe_full(self, copies: int | None = None) -> str:
+        if self.rows + (copies or self.sink_count) > self.max_events:
             return f"the outbox holds its maximum of {self.max_events} undelivered events"
         return f"the outbox holds its maximum of {self.max_bytes:,} bytes of undelivered events"
 
-    def reserve(self, size: int) -> None:
-        """Count one accepted event of ``size`` bytes, once per sink (lock held)."""
-        self.rows += self.sink_count
+    def reserve(self, size: int, copies: int | None = None) -> None:
+        """Count one accepted event of ``size`` bytes, once per sink it goes to (lock held)."""
+        self.rows += copies or self.sink_count
         self.bytes += size
 
     # -- from any thread -------------------------------------------------------------------

@@ -134,15 +134,25 @@ class Intake:
         self._wake = wake
         self._lock = capacity.lock  # room is checked and taken in one step
         self._buffer: list[Event] = []
+        #: The sinks of buffered events that go to only some of them, by ``id(event)``.
+        self._routes: dict[int, frozenset[str]] = {}
         self._group: asyncio.Future[None] | None = None
+        #: Events accepted so far; those for only some sinks are also counted per sink in
+        #: ``accepted_routed``.
         self.accepted = 0
+        self.accepted_routed: Counter[str] = Counter()
+        self._routed = 0  # how many of ``accepted`` went to only some sinks
         self.closed = False
         self.dropped: Counter[str] = Counter()
         self._log = LogThrottle(60.0)
 
+    def accepted_for(self, sink: str) -> int:
+        """How many accepted events go to the sink named ``sink``."""
+        return self.accepted - self._routed + self.accepted_routed[sink]
+
     @property
     def rows(self) -> int:
-        """Undelivered events counted against ``max_events`` (one per sink)."""
+        """Undelivered events counted against ``max_events`` (one per sink it goes to)."""
         return self.capacity.rows
 
     @property
@@ -152,13 +162,13 @@ class Intake:
 
     # -- writers ---------------------------------------------------------------------------
 
-    def _size(self, event: Event) -> int:
-        """The bytes ``event`` adds (all sinks), checked to fit at all; 0 without a limit."""
+    def _size(self, event: Event, copies: int | None) -> int:
+        """The bytes ``event`` adds (all its sinks), checked to fit at all; 0 without a limit."""
         capacity = self.capacity
-        size = capacity.size_of(event)
+        size = capacity.size_of(event, copies)
         if capacity.max_bytes is not None and size > capacity.max_bytes:
             self.count_drop("too_large", 1)
-            sinks = capacity.sink_count
+            sinks = copies or capacity.sink_count
             copies = f" (once per sink, {sinks} sinks)" if sinks > 1 else ""
             raise OverflowDropped(
                 f"the event's data is {size:,} bytes{copies}, more than max_bytes "
@@ -169,38 +179,52 @@ class Intake:
     def _unsettled(self) -> bool:
         return self.max_uncommitted is not None and self.uncommitted >= self.max_uncommitted
 
-    def _full(self, size: int) -> bool:
-        return self._unsettled() or self.capacity.full(size)
+    def _full(self, size: int, copies: int | None) -> bool:
+        return self._unsettled() or self.capacity.full(size, copies)
 
-    def _describe_full(self) -> str:
+    def _describe_full(self, copies: int | None) -> str:
         if self._unsettled():
             return f"{self.max_uncommitted} events are waiting for the outbox (max_uncommitted)"
-        return self.capacity.describe_full()
+        return self.capacity.describe_full(copies)
 
-    def _accept(self, event: Event, size: int) -> bool:
+    def _accept(self, event: Event, size: int, sinks: frozenset[str] | None) -> bool:
         """Append under the lock; return True when the caller must wake the loop."""
         self._buffer.append(event)
-        self.capacity.reserve(size)
+        self.capacity.reserve(size, None if sinks is None else len(sinks))
         self.accepted += 1
+        if sinks is not None:
+            self._routes[id(event)] = sinks
+            self._routed += 1
+            self.accepted_routed.update(sinks)
         self.uncommitted += 1
         return len(self._buffer) == 1
 
-    def put(self, event: Event, *, block_timeout: float | None = None) -> None:
-        """Accept ``event`` from any thread except the pipeline's loop thread."""
-        size = self._size(event)
+    def put(
+        self,
+        event: Event,
+        *,
+        block_timeout: float | None = None,
+        sinks: frozenset[str] | None = None,
+    ) -> None:
+        """Accept ``event`` from any thread except the pipeline's loop thread.
+
+        ``sinks`` names the sinks it goes to when not every sink (checked by the pipeline).
+        """
+        copies = None if sinks is None else len(sinks)
+        size = self._size(event, copies)
         with self._lock:
             if self.closed:
                 raise ClosedError("the pipeline is closed and accepts no more events")
-            if self._full(size):
-                self._overflow_locked(size, block_timeout)
-            wake = self._accept(event, size)
+            if self._full(size, copies):
+                self._overflow_locked(size, copies, block_timeout)
+            wake = self._accept(event, size, sinks)
         if wake:
             self._wake()
 
-    def _overflow_locked(self, size: int, block_timeout: float | None) -> None:
+    def _overflow_locked(self, size: int, copies: int | None, block_timeout: float | None) -> None:
         if self.overflow == "block":
             if not self.capacity.space.wait_for(
-                lambda: not self._full(size) or self.closed, timeout=block_timeout
+                lambda: not self._full(size, copies) or self.closed, timeout=block_timeout
             ):
                 self.count_drop("overflow", 1)
                 raise OverflowDropped(f"the outbox stayed full for {block_timeout}s")
@@ -208,33 +232,37 @@ class Intake:
                 raise ClosedError("the pipeline is closed and accepts no more events")
         elif self.overflow == "drop_newest":
             self.count_drop("overflow", 1)
-            raise OverflowDropped(self._describe_full())
+            raise OverflowDropped(self._describe_full(copies))
         elif self._unsettled():  # drop_oldest drops committed rows: wait for the commit
             if not self.capacity.space.wait_for(
                 lambda: not self._unsettled() or self.closed, timeout=block_timeout
             ):
                 self.count_drop("overflow", 1)
-                raise OverflowDropped(self._describe_full())
+                raise OverflowDropped(self._describe_full(copies))
             if self.closed:
                 raise ClosedError("the pipeline is closed and accepts no more events")
         # drop_oldest: accept; the writer task drops the oldest rows after appending.
 
-    async def put_async(self, event: Event, *, wait_committed: bool) -> None:
+    async def put_async(
+        self, event: Event, *, wait_committed: bool, sinks: frozenset[str] | None = None
+    ) -> None:
         """Accept ``event`` on the loop thread; optionally wait until it is committed."""
-        size = self._size(event)
+        copies = None if sinks is None else len(sinks)
+        size = self._size(event, copies)
         while True:
             with self._lock:
                 if self.closed:
                     raise ClosedError("the pipeline is closed and accepts no more events")
+                full = self._full(size, copies)
                 if (
-                    not self._full(size)
+                    not full
                     or self.overflow == "drop_newest"
                     or (self.overflow == "drop_oldest" and not self._unsettled())
                 ):
-                    if self._full(size) and self.overflow == "drop_newest":
+                    if full and self.overflow == "drop_newest":
                         self.count_drop("overflow", 1)
-                        raise OverflowDropped(self._describe_full())
-                    wake = self._accept(event, size)
+                        raise OverflowDropped(self._describe_full(copies))
+                    wake = self._accept(event, size, sinks)
                     if wait_committed and self._group is None:
                         self._group = asyncio.get_running_loop().create_future()
                     group = self._group
@@ -247,12 +275,16 @@ class Intake:
 
     # -- the loop side ---------------------------------------------------------------------
 
-    def take(self) -> tuple[list[Event], asyncio.Future[None] | None]:
-        """Everything buffered, and the future to resolve once it is committed."""
+    def take(
+        self,
+    ) -> tuple[list[Event], dict[int, frozenset[str]], asyncio.Future[None] | None]:
+        """Everything buffered, the sinks of those for only some (by ``id(event)``), and the
+        future to resolve once it is committed."""
         with self._lock:
             events, self._buffer = self._buffer, []
+            routes, self._routes = self._routes, {}
             group, self._group = self._group, None
-        return events, group
+        return events, routes, group
 
     def committed(self, count: int) -> None:
         """The writer has committed (or dropped) ``count`` taken events: make room."""

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from platformdirs import user_data_dir
 
 from ..config import Settings
 from ..event import Event
-from ..exceptions import ConfigError, OutboxError
+from ..exceptions import ConfigError, EventError, OutboxError
 from ..metrics import MetricsServer, age_seconds, prometheus_text, register_otel, samples
 from ..outbox import MemoryOutbox, Outbox
 from ..outbox.base import SinkBacklog
@@ -173,6 +173,7 @@ class Pipeline:
         # The outbox keys events by destination; names stay for logs, status and hooks.
         self._destinations = {lane.destination: name for name, lane in self.lanes.items()}
         self._keys = list(self._destinations)
+        self._all_sinks = frozenset(self._names)
         self.history = {name: SinkHistory() for name in self._names}
         self._backlog: dict[str, SinkBacklog] = {}  # the latest read, for sync snapshots
         self._serving: dict[str, list[str]] = {}  # destinations live processes deliver to
@@ -282,17 +283,20 @@ class Pipeline:
         *,
         created: str | None = None,
         event_id: str | None = None,
+        sinks: Collection[str] | None = None,
     ) -> str | None:
         """Accept one event from any thread but the loop's; return its id (``None`` if filtered).
 
+        ``sinks`` names the sinks it goes to (by their configured names) when not all of them.
         Never waits on the network. With ``overflow: block`` it waits for room in the outbox.
         """
+        chosen = self.choose_sinks(sinks)
         event = self.factory.make(table, data, created=created, event_id=event_id)
         if event is None:
             self.intake.count_drop("filtered", 1)
             return None
         on_loop = threading.get_ident() == self._loop_thread
-        self.intake.put(event, block_timeout=0 if on_loop else None)
+        self.intake.put(event, block_timeout=0 if on_loop else None, sinks=chosen)
         return event.id
 
     async def write_async(
@@ -303,14 +307,39 @@ class Pipeline:
         created: str | None = None,
         event_id: str | None = None,
         wait_committed: bool = True,
+        sinks: Collection[str] | None = None,
     ) -> str | None:
-        """Accept one event on the loop thread; by default return once it is committed."""
+        """Accept one event on the loop thread; by default return once it is committed.
+
+        ``sinks`` as for :meth:`write`.
+        """
+        chosen = self.choose_sinks(sinks)
         event = self.factory.make(table, data, created=created, event_id=event_id)
         if event is None:
             self.intake.count_drop("filtered", 1)
             return None
-        await self.intake.put_async(event, wait_committed=wait_committed and self.outbox.durable)
+        await self.intake.put_async(
+            event, wait_committed=wait_committed and self.outbox.durable, sinks=chosen
+        )
         return event.id
+
+    def choose_sinks(self, sinks: Collection[str] | None) -> frozenset[str] | None:
+        """``sinks`` checked against this pipeline's sink names; ``None`` for all of them.
+
+        Raises :class:`~eventsink.exceptions.EventError` naming a sink it does not have.
+        """
+        if sinks is None:
+            return None
+        chosen = sinks if isinstance(sinks, frozenset) else frozenset(sinks)
+        if chosen == self._all_sinks:
+            return None
+        if not chosen or not chosen <= self._all_sinks:
+            unknown = ", ".join(repr(name) for name in sorted(chosen - self._all_sinks))
+            raise EventError(
+                f"sinks names {unknown or 'no sink'}; this pipeline's sinks are "
+                + ", ".join(repr(name) for name in self._names)
+            )
+        return chosen
 
     def _wake_from_any_thread(self) -> None:
         if self._loop is None or self._wake is None:
@@ -337,11 +366,11 @@ class Pipeline:
 
     async def _append_buffered(self) -> None:
         """Store one group of taken events; never retry one forever (a stall blocks all)."""
-        events, group = self.intake.take()
+        events, routes, group = self.intake.take()
         error: OutboxError | None = None
         if events:
-            storable = self._set_aside_unstorable(events)
-            stored, error = await self._store(storable)
+            storable = self._set_aside_unstorable(events, routes)
+            stored, error = await self._store(self._by_destination(storable, routes), len(storable))
             self.intake.committed(len(events))
             if stored is not None:
                 for lane in self.lanes.values():
@@ -358,7 +387,32 @@ class Pipeline:
                 group.set_exception(error)
                 group.add_done_callback(lambda done: done.exception())  # seen by no one: fine
 
-    def _set_aside_unstorable(self, events: list[Event]) -> list[Event]:
+    def _by_destination(
+        self, events: list[Event], routes: Mapping[int, frozenset[str]]
+    ) -> dict[str, list[Event]]:
+        """Each destination's events, in order (one shared list when all go everywhere)."""
+        if not routes:
+            return dict.fromkeys(self._keys, events)
+        batches: dict[str, list[Event]] = {key: [] for key in self._keys}
+        every = [batches[key] for key in self._keys]
+        chosen: dict[frozenset[str], list[list[Event]]] = {}
+        for event in events:
+            sinks = routes.get(id(event))
+            if sinks is None:
+                targets = every
+            else:
+                targets = chosen.get(sinks)  # type: ignore[assignment]
+                if targets is None:
+                    targets = chosen[sinks] = [
+                        batches[self.lanes[name].destination] for name in sinks
+                    ]
+            for batch in targets:
+                batch.append(event)
+        return batches
+
+    def _set_aside_unstorable(
+        self, events: list[Event], routes: Mapping[int, frozenset[str]]
+    ) -> list[Event]:
         """Events whose data serialises; any other is dropped alone (reason ``unstorable``).
 
         ``write()`` refuses what JSON cannot hold, so this only catches an event changed
@@ -376,27 +430,30 @@ class Pipeline:
                     event.table,
                     error,
                 )
-                self._drop([event], "unstorable")
+                self._drop(self._by_destination([event], routes), 1, "unstorable")
         return good
 
-    async def _store(self, events: list[Event]) -> tuple[Any, OutboxError | None]:
-        """Append ``events`` with a bounded number of attempts; drop them if all fail.
+    async def _store(
+        self, batches: Mapping[str, Sequence[Event]], count: int
+    ) -> tuple[Any, OutboxError | None]:
+        """Append each destination's events (``count`` events in all) with a bounded number
+        of attempts; drop them if all fail.
 
         Returns how many were held for each destination (``None`` when dropped) and the
         error to give waiters.
         """
-        if not events:
+        if not count:
             return None, None
         attempts = 1 if self.outbox_error else APPEND_ATTEMPTS
         delay = 0.1
         for attempt in range(1, attempts + 1):
             try:
-                held = await self.outbox.append(events, self._keys, self._keys)
+                held = await self.outbox.append_by_destination(batches, self._keys)
             except Exception as error:
                 reason = _describe_outbox_error(error)
                 self.outbox_error = f"outbox cannot be written: {reason}"
                 if attempt == attempts:
-                    self._drop(events, "outbox_error", reason)
+                    self._drop(batches, count, "outbox_error", reason)
                     return None, OutboxError(f"the event was not stored: {self.outbox_error}")
                 await asyncio.sleep(delay)
                 delay *= 2
@@ -407,20 +464,29 @@ class Pipeline:
             return held, None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _drop(self, events: Sequence[Event], reason: str, detail: str | None = None) -> None:
-        """Count ``events`` as dropped for ``reason``: never delivered, no longer owed."""
+    def _drop(
+        self,
+        batches: Mapping[str, Sequence[Event]],
+        count: int,
+        reason: str,
+        detail: str | None = None,
+    ) -> None:
+        """Count ``count`` events (``batches``: each destination's) as dropped for ``reason``:
+        never delivered, no longer owed."""
         if detail is not None:
             suppressed = self._outbox_log.allow(reason)
             if suppressed is not None:
                 logger.warning(
                     "eventsink dropped %d event(s): outbox cannot be written: %s%s",
-                    len(events),
+                    count,
                     detail,
                     f" ({suppressed} more such drops since the last message)" if suppressed else "",
                 )
-        self.intake.dropped[reason] += len(events)
+        self.intake.dropped[reason] += count
         for lane in self.lanes.values():
-            lane.finish_unstored(events)
+            events = batches.get(lane.destination)
+            if events:
+                lane.finish_unstored(events)
 
     async def _drop_oldest(self) -> None:
         while excess := self.capacity.excess():
@@ -449,8 +515,9 @@ class Pipeline:
         progress = self._started_event(self._progress)
         self._started_event(self._wake).set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        accepted = self.intake.accepted
-        targets = {name: self._restored[name] + accepted for name in self.lanes}
+        targets = {
+            name: self._restored[name] + self.intake.accepted_for(name) for name in self.lanes
+        }
         for lane in self.lanes.values():
             lane.start_flush()
         try:
