@@ -146,3 +146,45 @@ class TestPublicApi:
         """py.typed marks the package as typed, and is package data."""
         assert (Path(eventsink.__file__).parent / "py.typed").is_file()
         assert '"py.typed"' in (ROOT / "pyproject.toml").read_text()
+
+
+def _without_env(value):
+    """Datasette's ``{$env: NAME}`` references replaced by a placeholder string."""
+    if isinstance(value, dict):
+        if set(value) == {"$env"}:
+            return "from-the-environment"
+        return {key: _without_env(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_env(item) for item in value]
+    return value
+
+
+def plugin_config_examples() -> list[str]:
+    text = (DOCS / "datasette.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
+    return [block for block in blocks if block.startswith("plugins:\n  eventsink:")]
+
+
+class TestDatasetteExamples:
+    """Every plugin config shown in docs/datasette.md is one the plugin accepts."""
+
+    @pytest.mark.parametrize("block", plugin_config_examples())
+    def test_example_is_a_valid_plugin_config(self, block: str) -> None:
+        import yaml
+
+        from eventsink.datasette.plugin import parse_plugin_config
+        from eventsink.datasette.routing import parse_router
+
+        config = _without_env(yaml.safe_load(block)["plugins"]["eventsink"])
+        settings = parse_plugin_config(config)
+        extra = settings.extra
+        parse_router(
+            table=extra["table"],
+            events=extra["events"],
+            exclude_events=extra["exclude_events"],
+            databases=extra["databases"],
+            sink_names=[sink.name for sink in settings.sinks],
+        )
+
+    def test_examples_are_found(self) -> None:
+        assert len(plugin_config_examples()) >= 4

@@ -51,7 +51,7 @@ from ..pipeline.pacing import LogThrottle
 from ..pipeline.pipeline import Pipeline
 from ..plugins import make_plugin_manager
 from ..sqlite_files import use_wal
-from .routing import Router, database_blocks, parse_router
+from .routing import Router, Target, database_blocks, parse_router
 from .takeover import LEGACY_COLUMNS, import_legacy_queue, unregister_legacy_plugin
 
 logger = logging.getLogger("eventsink")
@@ -325,6 +325,7 @@ def startup(datasette: Any) -> Any:
                 exclude_events=extra["exclude_events"],
                 databases=extra["databases"],
                 database_level=database_blocks(datasette.config, PLUGIN_NAME),
+                sink_names=[sink.name for sink in settings.sinks],
             )
             outbox, state.outbox_note = make_plugin_outbox(datasette, settings)
             if isinstance(outbox, SQLiteOutbox) and isinstance(outbox.runner, DatasetteRunner):
@@ -374,14 +375,19 @@ async def _run_start(datasette: Any, state: PluginState) -> Pipeline | None:
     async def write(rows: list[tuple[str, dict[str, Any]]]) -> None:
         wanted = []
         for event_id, row in rows:
-            table = router.table(row.get("database_name"), row.get("event") or "", instance)
-            if table is not None:
-                wanted.append((table, event_id, row))
-        for index, (table, event_id, row) in enumerate(wanted):
+            target = router.target(row.get("database_name"), row.get("event") or "", instance)
+            if target is not None:
+                wanted.append((target, event_id, row))
+        for index, (target, event_id, row) in enumerate(wanted):
             created = row.pop("created")
             last = index == len(wanted) - 1  # committed in order: the last one waits for all
             await pipeline.write_async(
-                table, row, created=created, event_id=event_id, wait_committed=last
+                target.table,
+                row,
+                created=created,
+                event_id=event_id,
+                wait_committed=last,
+                sinks=target.sinks,
             )
 
     taken = await import_legacy_queue(datasette.get_internal_database(), write)
@@ -517,18 +523,18 @@ def track_event(datasette: Any, event: Any) -> Any:
     try:
         data = event_row(event)
         instance = state.built.settings.instance
-        table = state.router.table(data["database_name"], event.name, instance)
-        if table is None:
+        target = state.router.target(data["database_name"], event.name, instance)
+        if target is None:
             return None
         created = event_created(event)
     except Exception as error:  # an event must never fail the request that caused it
         state.record_error(error)
         return None
-    return _enqueue(datasette, state, table, data, created)
+    return _enqueue(datasette, state, target, data, created)
 
 
 async def _enqueue(
-    datasette: Any, state: PluginState, table: str, data: dict[str, Any], created: str
+    datasette: Any, state: PluginState, target: Target, data: dict[str, Any], created: str
 ) -> None:
     # Waits for the grouped local commit only, and at most HOOK_TIMEOUT: whatever happens in
     # eventsink, the request that caused the event neither fails nor hangs. A refused event is
@@ -536,7 +542,7 @@ async def _enqueue(
     async def record() -> None:
         pipeline = state.pipeline or await _start_pipeline(datasette, state)
         if pipeline is not None:
-            await pipeline.write_async(table, data, created=created)
+            await pipeline.write_async(target.table, data, created=created, sinks=target.sinks)
 
     try:
         if sys.version_info >= (3, 11):

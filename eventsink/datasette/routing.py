@@ -13,18 +13,22 @@ same for that database::
             table: "{database}_events"
           scratch:
             events: []                   # forward nothing from this one
+          audit:
+            sinks: [archive]             # only to the sink named "archive"
 
 An event's database is the ``database`` property Datasette gives it; events without one
-follow the top-level ``table``, ``events`` and ``exclude_events``. ``table`` is a template:
-``{database}``, ``{instance}`` and ``{event}`` are replaced when the event is recorded.
+follow the top-level ``table``, ``events`` and ``exclude_events`` and go to every sink.
+``table`` is a template: ``{database}``, ``{instance}`` and ``{event}`` are replaced when the
+event is recorded. ``sinks`` names some of the configured sinks (by ``name``, or by type when
+a sink has none); without it a database's events go to all of them.
 """
 
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..config import Option, validate_options
 from ..exceptions import ConfigError
@@ -42,6 +46,7 @@ ROUTE_OPTIONS = (
     ),
     Option("events", list, None, "Only forward these event names from this database."),
     Option("exclude_events", list, None, "Never forward these event names from this database."),
+    Option("sinks", list, None, "Send this database's events only to these sinks, by name."),
 )
 
 
@@ -71,6 +76,13 @@ def check_template(template: str, key: str, *, database_known: bool) -> None:
         raise ConfigError(f"config key {key!r} must not be empty", key=key)
 
 
+class Target(NamedTuple):
+    """Where one event goes: its table, and its sinks (``None``: every sink)."""
+
+    table: str
+    sinks: frozenset[str] | None
+
+
 @dataclass(frozen=True)
 class Route:
     """Where the events of one database (or of none) go."""
@@ -78,6 +90,7 @@ class Route:
     table: str
     events: frozenset[str] | None = None
     exclude: frozenset[str] = frozenset()
+    sinks: frozenset[str] | None = None
 
     def wants(self, name: str) -> bool:
         if self.events is not None and name not in self.events:
@@ -107,12 +120,14 @@ class Router:
             route = self.databases.get(ANY_DATABASE, self.default)
         return route
 
-    def table(self, database: str | None, event: str, instance: str) -> str | None:
-        """The table for an event, or ``None`` when it is not forwarded."""
+    def target(self, database: str | None, event: str, instance: str) -> Target | None:
+        """The table and sinks of an event, or ``None`` when it is not forwarded."""
         route = self.route(database)
         if not route.wants(event):
             return None
-        return route.table_for(database=database, instance=instance, event=event)
+        return Target(
+            route.table_for(database=database, instance=instance, event=event), route.sinks
+        )
 
     def __repr__(self) -> str:
         return f"Router(default={self.default!r}, databases={self.databases!r})"
@@ -135,12 +150,14 @@ def parse_router(
     exclude_events: list[Any] | None,
     databases: Any,
     database_level: Mapping[str, Any] | None = None,
+    sink_names: Collection[str] = (),
     prefix: str = "",
 ) -> Router:
     """Validate the routing keys of a plugin config and return the :class:`Router`.
 
     ``databases`` is the plugin config's ``databases`` section; ``database_level`` the
-    database-level plugin blocks (``databases.<db>.plugins.eventsink`` in Datasette's config).
+    database-level plugin blocks (``databases.<db>.plugins.eventsink`` in Datasette's config);
+    ``sink_names`` the names of the configured sinks, which a ``sinks`` key may choose from.
     A database's entry in ``databases`` wins over its database-level block, key by key; keys
     neither sets come from the top level (``table`` from ``"*"`` first when that is given).
     """
@@ -163,10 +180,12 @@ def parse_router(
         entries[name] = {**entries.get(name, {}), **_block(block, key)}
     wildcard = entries.pop(ANY_DATABASE, None)
     base = default
+    names = frozenset(sink_names)
     if wildcard is not None:
-        base = _route(wildcard, default, f"{prefix}databases.{ANY_DATABASE}")
+        base = _route(wildcard, default, f"{prefix}databases.{ANY_DATABASE}", names)
     routes = {
-        name: _route(block, base, f"{prefix}databases.{name}") for name, block in entries.items()
+        name: _route(block, base, f"{prefix}databases.{name}", names)
+        for name, block in entries.items()
     }
     if wildcard is not None:
         routes[ANY_DATABASE] = base
@@ -178,13 +197,14 @@ def _block(block: Any, key: str) -> Mapping[str, Any]:
         return {}
     if not isinstance(block, Mapping):
         raise ConfigError(
-            f"config key {key!r} must be an object with 'table', 'events' or 'exclude_events'",
+            f"config key {key!r} must be an object with 'table', 'events', 'exclude_events' "
+            "or 'sinks'",
             key=key,
         )
     return block
 
 
-def _route(block: Mapping[str, Any], base: Route, key: str) -> Route:
+def _route(block: Mapping[str, Any], base: Route, key: str, sink_names: frozenset[str]) -> Route:
     values = validate_options(ROUTE_OPTIONS, dict(block), prefix=f"{key}.")
     table = values["table"] if values["table"] is not None else base.table
     check_template(table, f"{key}.table", database_known=True)
@@ -192,4 +212,33 @@ def _route(block: Mapping[str, Any], base: Route, key: str) -> Route:
     exclude = (
         frozenset(values["exclude_events"] or ()) if "exclude_events" in block else base.exclude
     )
-    return Route(table, events, exclude)
+    sinks = base.sinks
+    if values["sinks"] is not None:
+        sinks = _sinks(values["sinks"], f"{key}.sinks", sink_names)
+    return Route(table, events, exclude, sinks)
+
+
+def _sinks(chosen: list[Any], key: str, sink_names: frozenset[str]) -> frozenset[str] | None:
+    """The sink names a ``sinks`` key lists, checked; ``None`` when it lists them all."""
+    known = ", ".join(repr(name) for name in sorted(sink_names))
+    for name in chosen:
+        if not isinstance(name, str):
+            raise ConfigError(
+                f"config key {key!r} lists sinks by name ({known}), not {name!r}; the sinks "
+                "themselves are configured under the top-level 'sinks'",
+                key=key,
+            )
+        if name not in sink_names:
+            raise ConfigError(
+                f"config key {key!r} names the sink {name!r}, which is not configured; the "
+                f"configured sinks are {known}",
+                key=key,
+            )
+    if not chosen:
+        raise ConfigError(
+            f"config key {key!r} must name at least one sink (to forward nothing from this "
+            "database, use 'events: []')",
+            key=key,
+        )
+    names = frozenset(chosen)
+    return None if names == sink_names else names

@@ -24,14 +24,19 @@ def router(**keys):
     return parse_router(**keys)
 
 
+def table_of(routes: Router, database, event, instance):
+    target = routes.target(database, event, instance)
+    return None if target is None else target.table
+
+
 class TestRouter:
     """The router picks a database's entry, then '*', then the top level."""
 
     def test_template_per_database_and_default_for_none(self):
         routes = router(databases={"*": {"table": "{database}_events"}})
-        assert routes.table("sales", "insert-rows", "host") == "sales_events"
-        assert routes.table("hr", "insert-rows", "host") == "hr_events"
-        assert routes.table(None, "login", "host") == "datasette_events"
+        assert table_of(routes, "sales", "insert-rows", "host") == "sales_events"
+        assert table_of(routes, "hr", "insert-rows", "host") == "hr_events"
+        assert table_of(routes, None, "login", "host") == "datasette_events"
 
     def test_named_database_wins_over_wildcard_key_by_key(self):
         routes = router(
@@ -41,26 +46,26 @@ class TestRouter:
                 "audit": {"table": "audit_{instance}"},
             }
         )
-        assert routes.table("scratch", "insert-rows", "h") is None
-        assert routes.table("audit", "insert-rows", "h1") == "audit_h1"
-        assert routes.table("audit", "update-row", "h1") is None  # from '*'
-        assert routes.table("other", "update-row", "h1") is None
+        assert table_of(routes, "scratch", "insert-rows", "h") is None
+        assert table_of(routes, "audit", "insert-rows", "h1") == "audit_h1"
+        assert table_of(routes, "audit", "update-row", "h1") is None  # from '*'
+        assert table_of(routes, "other", "update-row", "h1") is None
 
     def test_top_level_filters_apply_to_databases_without_entries(self):
         routes = router(events=["login", "insert-rows"], databases={"a": {"table": "a_t"}})
-        assert routes.table(None, "login", "h") == "datasette_events"
-        assert routes.table("b", "create-table", "h") is None
-        assert routes.table("a", "insert-rows", "h") == "a_t"
-        assert routes.table("a", "create-table", "h") is None
+        assert table_of(routes, None, "login", "h") == "datasette_events"
+        assert table_of(routes, "b", "create-table", "h") is None
+        assert table_of(routes, "a", "insert-rows", "h") == "a_t"
+        assert table_of(routes, "a", "create-table", "h") is None
 
     def test_database_level_plugin_block_is_overridden_by_databases_section(self):
         routes = router(
             databases={"a": {"exclude_events": ["login"]}},
             database_level={"a": {"table": "from_block", "exclude_events": []}, "b": {}},
         )
-        assert routes.table("a", "insert-rows", "h") == "from_block"
-        assert routes.table("a", "login", "h") is None
-        assert routes.table("b", "insert-rows", "h") == "datasette_events"
+        assert table_of(routes, "a", "insert-rows", "h") == "from_block"
+        assert table_of(routes, "a", "login", "h") is None
+        assert table_of(routes, "b", "insert-rows", "h") == "datasette_events"
 
     @pytest.mark.parametrize(
         "keys, key, words",
@@ -79,6 +84,38 @@ class TestRouter:
         with pytest.raises(ConfigError) as raised:
             router(**keys)
         assert raised.value.key == key and words in str(raised.value)
+
+    def test_sinks_choose_among_the_configured_names(self):
+        routes = router(
+            databases={"*": {"sinks": ["main"]}, "b": {"sinks": ["archive"]}, "c": {}},
+            sink_names=["main", "archive"],
+        )
+        assert routes.target("a", "insert-rows", "h").sinks == {"main"}
+        assert routes.target("b", "insert-rows", "h").sinks == {"archive"}
+        assert routes.target("c", "insert-rows", "h").sinks == {"main"}  # from '*'
+        assert routes.target(None, "login", "h").sinks is None  # every sink
+        every = router(
+            databases={"a": {"sinks": ["archive", "main"]}}, sink_names=["main", "archive"]
+        )
+        assert every.target("a", "insert-rows", "h").sinks is None
+
+    @pytest.mark.parametrize(
+        "chosen, words",
+        [
+            (
+                ["mian"],
+                "names the sink 'mian', which is not configured; the configured sinks are "
+                "'archive', 'main'",
+            ),
+            ([], "at least one sink (to forward nothing from this database, use 'events: []')"),
+            ([{"type": "file"}], "lists sinks by name"),
+            (3, "a list"),
+        ],
+    )
+    def test_bad_sinks_name_the_key(self, chosen, words):
+        with pytest.raises(ConfigError) as raised:
+            router(databases={"a": {"sinks": chosen}}, sink_names=["main", "archive"])
+        assert raised.value.key == "databases.a.sinks" and words in str(raised.value)
 
     def test_route_repr(self):
         assert "default=Route(table='t'" in repr(Router(Route("t")))
@@ -162,6 +199,57 @@ class TestRoutingToAReceiver:
         assert [row["event"] for row in own] == ["insert-rows"] * 3
         assert {row["database_name"] for row in own} == {one}
         assert len(rest) == 3 and {row["database_name"] for row in rest} == {two}
+
+    async def test_each_database_reaches_only_the_sinks_it_names(
+        self, tmp_path, receiver, small_receiver
+    ):
+        """Two receivers: one database's events go to the first only, the other's to the
+        second only, events of no database to both; each row arrives once."""
+        table = f"r{uuid.uuid4().hex[:6]}"
+        plugins = {
+            "eventsink": {
+                "sinks": [
+                    {
+                        "type": "datasette",
+                        "name": "main",
+                        "api_url": f"{receiver.db_url}/-/create",
+                        "api_token": receiver.token,
+                    },
+                    {
+                        "type": "datasette",
+                        "name": "archive",
+                        "api_url": f"{small_receiver.db_url}/-/create",
+                        "api_token": small_receiver.token,
+                    },
+                ],
+                "table": table,
+            }
+        }
+        one, two = f"db{uuid.uuid4().hex[:4]}", f"db{uuid.uuid4().hex[:4]}"
+        plugins["eventsink"]["databases"] = {one: {"sinks": ["main"]}, two: {"sinks": ["archive"]}}
+        async with two_database_sender(tmp_path, plugins, names=[one, two]) as (datasette, _):
+            await make_events(datasette, one, 3)  # 2 + 3 events
+            await make_events(datasette, two, 12)  # 2 + 12 events
+            await datasette.track_event(LoginEvent(actor={"id": "someone"}))
+            assert await get_pipeline(datasette).flush(timeout=20)
+        main, archive = receiver.rows(table), small_receiver.rows(table)
+        assert sorted(row["database_name"] or "-" for row in main) == ["-"] + [one] * 5
+        assert sorted(row["database_name"] or "-" for row in archive) == ["-"] + [two] * 14
+        [login] = [row for row in archive if row["event"] == "login"]
+        assert login["id"] in {row["id"] for row in main}  # one event, the same id in both
+
+    async def test_unknown_sink_name_stops_startup_naming_the_key(self, tmp_path):
+        plugins = {
+            "eventsink": {
+                "api_url": "http://127.0.0.1:9/db/-/create",
+                "databases": {"a": {"sinks": ["archive"]}},
+            }
+        }
+        with pytest.raises(PluginConfigError) as raised:
+            async with two_database_sender(tmp_path, plugins):
+                pass
+        assert "plugins.eventsink.databases.a.sinks" in str(raised.value)
+        assert "the configured sinks are 'datasette'" in str(raised.value)
 
     async def test_bad_routing_stops_startup_naming_the_key(self, tmp_path):
         plugins = {
