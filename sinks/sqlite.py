@@ -40,7 +40,8 @@ except ImportError:  # sqlite-utils < 4 (which Datasette 1.0a35 pins) has no quo
 logger = logging.getLogger("eventsink")
 
 _ENVELOPE = ("id", "instance", "created")
-_ABSENT = (None, None)
+_DEFAULT_VARIABLES = 999  # SQLite's limit on parameters before 3.32, the safe assumption
+_SHAPES_LIMIT = 4096  # inserts kept by (table, keys); events with ever-new keys cannot grow it
 _TRANSIENT = re.compile(r"locked|busy|disk|I/O|full", re.IGNORECASE)
 
 
@@ -54,6 +55,7 @@ class SQLiteSink(Sink):
 
     name = "sqlite"
     max_concurrent_sends = 1  # one connection: one transaction at a time
+    local = True  # a file on this machine, keyed by id: eventsink send may skip the outbox
     description = "Writes events as rows of a local SQLite database (open it with datasette)."
     options = (
         Option("path", str, "events.db", "SQLite file to write; created if missing."),
@@ -78,6 +80,8 @@ class SQLiteSink(Sink):
         self.path = Path(self.config["path"]).expanduser()
         self._db: sqlite_utils.Database | None = None
         self._columns: dict[str, set[str]] = {}  # table -> lower-cased column names
+        self._inserts: dict[tuple[str, tuple[str, ...]], _Insert] = {}  # by (table, keys)
+        self._variables = _DEFAULT_VARIABLES
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
@@ -102,26 +106,32 @@ class SQLiteSink(Sink):
                 key="path",
             ) from None
         self._db = sqlite_utils.Database(connection)
+        if hasattr(connection, "getlimit"):  # Python 3.11+
+            self._variables = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         return self._db
 
     def send(self, batch: Sequence[Event]) -> None:
         db = self._db or self._connect()
         fixed_table = self.config["table"]
-        tables: dict[str, list[dict[str, Any]]] = {}  # table -> rows keyed lower-cased
+        # Events of one table mostly share their keys: each shape (table, keys) is checked and
+        # given its insert once, and its rows go in as multi-row statements of flat values.
+        shapes: dict[tuple[str, tuple[str, ...]], list[Event]] = {}
         for event in batch:
-            tables.setdefault(fixed_table or event.table, []).append(_row(event))
+            shape = (fixed_table or event.table, tuple(event.data))
+            events = shapes.get(shape)
+            if events is None:
+                shapes[shape] = [event]
+            else:
+                events.append(event)
         try:
-            statements = [(self._prepare(db, table, rows), rows) for table, rows in tables.items()]
+            inserts = [
+                (self._insert_for(db, shape, shapes), events) for shape, events in shapes.items()
+            ]
             connection = db.conn
             connection.execute("begin immediate")
             try:
-                for (sql, columns), rows in statements:
-                    # Rows are keyed by lower-cased name: SQL column names ignore case, so
-                    # "A" in one event and "a" in another are one column, never two.
-                    keys = [column.lower() for column in columns]
-                    connection.executemany(
-                        sql, [[_value(row.get(key, _ABSENT)[1]) for key in keys] for row in rows]
-                    )
+                for insert, events in inserts:
+                    insert.run(connection, events)
             except BaseException:
                 connection.execute("rollback")
                 raise
@@ -132,49 +142,67 @@ class SQLiteSink(Sink):
             # A constraint of a table made elsewhere (NOT NULL, CHECK), a changed schema...:
             # split the batch so only the rows it refuses are dead-lettered.
             self._columns.clear()
+            self._inserts.clear()
             raise RejectedError(f"{str(self.path)!r} refused the rows: {error}") from None
 
-    def _prepare(
-        self, db: sqlite_utils.Database, table: str, rows: list[dict[str, Any]]
-    ) -> tuple[str, list[str]]:
-        # rows: {lower-cased name: (name, value)}, as made by _row()
-        """Create ``table`` or add its missing columns; return the insert and its columns.
+    def _insert_for(
+        self,
+        db: sqlite_utils.Database,
+        shape: tuple[str, tuple[str, ...]],
+        shapes: dict[tuple[str, tuple[str, ...]], list[Event]],
+    ) -> _Insert:
+        """The insert for events of ``shape``, making its table or columns first if needed."""
+        insert = self._inserts.get(shape)
+        if insert is not None:
+            return insert
+        table, keys = shape
+        _refuse_case_twins((*_ENVELOPE, *keys), shapes[shape][0])
+        known = self._columns.get(table)
+        if known is None or any(key.lower() not in known for key in keys):
+            self._make_room(
+                db, table, [events for (name, _), events in shapes.items() if name == table]
+            )
+        if len(self._inserts) >= _SHAPES_LIMIT:
+            self._inserts.clear()
+        insert = self._inserts[shape] = _Insert(table, (*_ENVELOPE, *keys), self._variables)
+        return insert
+
+    def _make_room(self, db: sqlite_utils.Database, table: str, groups: list[list[Event]]) -> None:
+        """Create ``table`` or add the columns the events of ``groups`` need.
 
         Schema changes commit on their own before the batch's transaction: a new column is
         harmless if the insert then fails, and it keeps sqlite-utils' own transactions apart
-        from ours.
+        from ours. SQL column names ignore case, so "A" in one event and "a" in another are
+        one column, spelled as first seen.
         """
-        first: dict[str, str] = {}  # lower-cased key -> the spelling seen first
-        for row in rows:
-            for key in row:
-                first.setdefault(key, row[key][0])
-        columns = list(first.values())
-        known = self._columns.get(table)
-        if known is None or any(column.lower() not in known for column in columns):
-            handle = db.table(table)
-            rows = [{first[key]: value for key, (_, value) in row.items()} for row in rows]
-            if not handle.exists():
-                types = suggest_column_types(rows)
-                # The envelope columns come first, as in the Datasette sink's tables.
-                ordered = {key: types[key] for key in (*_ENVELOPE, *types) if key in types}
-                handle.create(ordered, pk="id", if_not_exists=True)
-            else:
-                handle.add_missing_columns(rows)
-            self._columns[table] = known = {column.lower() for column in handle.columns_dict}
-        names = ", ".join(quote_identifier(column) for column in columns)
-        marks = ", ".join("?" * len(columns))
-        return (
-            # Only a repeated id is ignored: "insert or ignore" would also silently skip rows
-            # that break a NOT NULL or CHECK constraint of a table created elsewhere.
-            f"insert into {quote_identifier(table)} ({names}) values ({marks}) "
-            "on conflict (id) do nothing",
-            columns,
-        )
+        spelling: dict[str, str] = {}
+        rows = []
+        for events in groups:
+            _refuse_case_twins((*_ENVELOPE, *events[0].data), events[0])
+            for event in events:
+                rows.append(
+                    {
+                        spelling.setdefault(key.lower(), key): value
+                        for key, value in event.row().items()
+                    }
+                )
+        handle = db.table(table)
+        if not handle.exists():
+            types = suggest_column_types(rows)
+            # The envelope columns come first, as in the Datasette sink's tables.
+            ordered = {key: types[key] for key in (*_ENVELOPE, *types) if key in types}
+            handle.create(ordered, pk="id", if_not_exists=True)
+        else:
+            handle.add_missing_columns(rows)
+        self._columns[table] = {column.lower() for column in handle.columns_dict}
+        # Inserts made for this table's columns stay valid: columns were only added.
 
     def close(self) -> None:
         if self._db is not None:
             self._db.conn.close()
             self._db = None
+            self._columns.clear()
+            self._inserts.clear()
 
     @property
     def destination(self) -> str:
@@ -185,31 +213,62 @@ class SQLiteSink(Sink):
         return self.destination
 
 
-def _row(event: Event) -> dict[str, tuple[str, Any]]:
-    """The event's row keyed by lower-cased column name: ``{lower: (name, value)}``.
-
-    Two keys equal but for case cannot be stored faithfully in one row (``write()`` refuses
-    them; this catches events that bypassed it): the row is refused, not altered.
-    """
-    row = event.row()
-    lowered = {key.lower(): (key, value) for key, value in row.items()}
-    if len(lowered) != len(row):
-        seen: dict[str, str] = {}
-        for key in row:
-            if key.lower() in seen:
-                raise RejectedError(
-                    f"event {event.id}: fields {seen[key.lower()]!r} and {key!r} differ only in "
-                    "case and would be stored in one column"
-                )
-            seen[key.lower()] = key
-    return lowered
+def _refuse_case_twins(keys: tuple[str, ...], event: Event) -> None:
+    """Refuse keys equal but for case: one row cannot hold both (``write()`` refuses them;
+    this catches events that bypassed it). The row is refused, not altered."""
+    lowered = {key.lower() for key in keys}
+    if len(lowered) == len(keys):
+        return
+    seen: dict[str, str] = {}
+    for key in keys:
+        if key.lower() in seen:
+            raise RejectedError(
+                f"event {event.id}: fields {seen[key.lower()]!r} and {key!r} differ only in "
+                "case and would be stored in one column"
+            )
+        seen[key.lower()] = key
 
 
-def _value(value: Any) -> Any:
-    # Lists and objects are stored as JSON text, as sqlite-utils and Datasette store them.
-    if isinstance(value, (dict, list)):
-        return orjson.dumps(value).decode()
-    return value
+class _Insert:
+    """Inserts rows of one shape, many per statement; a repeated id is ignored."""
+
+    def __init__(self, table: str, columns: tuple[str, ...], variables: int) -> None:
+        self.width = len(columns)
+        #: Rows per statement: within SQLite's limit on parameters, and at most 100 (longer
+        #: statements gain nothing and cost more to prepare).
+        self.per_statement = max(1, min(100, variables // self.width))
+        names = ", ".join(quote_identifier(column) for column in columns)
+        marks = "(" + ", ".join("?" * self.width) + ")"
+        # Only a repeated id is ignored: "insert or ignore" would also silently skip rows that
+        # break a NOT NULL or CHECK constraint of a table created elsewhere.
+        self._head = f"insert into {quote_identifier(table)} ({names}) values "
+        self._marks = marks
+        self._sql: dict[int, str] = {}
+
+    def sql(self, rows: int) -> str:
+        sql = self._sql.get(rows)
+        if sql is None:
+            sql = self._sql[rows] = (
+                self._head + ", ".join([self._marks] * rows) + " on conflict (id) do nothing"
+            )
+        return sql
+
+    def run(self, connection: sqlite3.Connection, events: list[Event]) -> None:
+        params: list[Any] = []
+        add = params.append
+        dumps = orjson.dumps
+        for event in events:
+            add(event.id)
+            add(event.instance)
+            add(event.created)
+            for value in event.data.values():
+                # Lists and objects are stored as JSON text, as sqlite-utils and Datasette do.
+                add(dumps(value).decode() if isinstance(value, (dict, list)) else value)
+        width, per = self.width, self.per_statement
+        step = width * per
+        for start in range(0, len(params), step):
+            chunk = params[start : start + step]
+            connection.execute(self.sql(len(chunk) // width), chunk)
 
 
 @hookimpl
