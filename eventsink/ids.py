@@ -68,6 +68,8 @@ class IdGenerator:
         self._pool = b""
         self._pool_at = 0
         self._pool_forks = _forks
+        self._now_ms = -1  # now(): the millisecond formatted last (a benign race: a repeat)
+        self._now = ""
 
     def _random_bits(self) -> int:
         # os.urandom is a system call that releases the GIL; on a busy writer thread each
@@ -86,6 +88,13 @@ class IdGenerator:
         self._prefix = _encode(ms, 10) + _encode(random_bits >> _LOW_BITS, 6)
         self._low = random_bits & _LOW_SEED_MASK
         self._created = format_created(ms)
+
+    def now(self) -> str:
+        """The ``created`` time of this millisecond, for an event whose id is given."""
+        ms = time.time_ns() // 1_000_000
+        if ms != self._now_ms:
+            self._now_ms, self._now = ms, format_created(ms)
+        return self._now
 
     def new(self) -> tuple[str, str]:
         """Return a new ``(ulid, created)`` pair."""

@@ -174,6 +174,26 @@ def _loads_exact(text: bytes) -> Any:
         raise orjson.JSONDecodeError(str(error), "", 0) from None
 
 
+_EXACT_FLAT = frozenset({str, bool, type(None)})
+
+
+def _flat(value: dict[str, Any]) -> bool | None:
+    """``True`` when ``value`` holds only strings, booleans, nulls and 64-bit integers;
+    ``False`` when it also holds floats (which orjson makes of integers beyond 64 bits);
+    ``None`` for anything else (nested values, an integer beyond 64 bits)."""
+    exact = True
+    for item in value.values():
+        kind = type(item)
+        if kind is int:
+            if not INT_MIN <= item <= INT_MAX:
+                return None
+        elif kind is float:
+            exact = False
+        elif kind not in _EXACT_FLAT:
+            return None
+    return exact
+
+
 def _big_integer(value: Any, path: str = "") -> str | None:
     """The path of the first integer outside 64 bits in ``value``, or ``None``."""
     if type(value) is int:
@@ -209,7 +229,16 @@ def _json_lines(stream: BinaryIO, source: str) -> Iterator[Record | Malformed]:
         if not line.strip():
             continue
         try:
-            value = loads(line) if not _LONG_DIGITS.search(line) else _loads_exact(line)
+            value = loads(line)
+            if type(value) is dict and "data" not in value:
+                # The common case: a flat object orjson parsed exactly (no float that may be
+                # a rounded long integer, no integer outside 64 bits), not an envelope.
+                flat = _flat(value)
+                if flat or (flat is False and not _LONG_DIGITS.search(line)):
+                    yield Record(value, f"line {number}", None, None, None, line)
+                    continue
+            if _LONG_DIGITS.search(line):
+                value = _loads_exact(line)
         except orjson.JSONDecodeError as error:
             yield Malformed(source, f"line {number}", f"not JSON ({error.msg})", line.rstrip())
             continue
@@ -221,7 +250,7 @@ def _json_lines(stream: BinaryIO, source: str) -> Iterator[Record | Malformed]:
             yield _too_big(source, f"line {number}", field, line.rstrip())
             continue
         if type(value) is dict and "data" not in value:
-            yield Record(value, f"line {number}", raw=line)  # the common case, no checks
+            yield Record(value, f"line {number}", raw=line)
         else:
             record = _record(value, source, f"line {number}", line.rstrip())
             if isinstance(record, Record):

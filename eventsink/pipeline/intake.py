@@ -75,8 +75,11 @@ class EventFactory:
         if not isinstance(table, str) or not table:
             raise EventError(f"table must be a non-empty string, not {table!r}", field="table")
         data = normalise(data)
-        new_id, now = self.ids.new()
-        event = Event(event_id or new_id, table, self.instance, created or now, data)
+        if not event_id:
+            event_id, now = self.ids.new()
+            event = Event(event_id, table, self.instance, created or now, data)
+        else:
+            event = Event(event_id, table, self.instance, created or self.ids.now(), data)
         if self.enrichers:
             event = self._enrich(event)
         for keep in self.filters:

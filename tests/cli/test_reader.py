@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventsink.cli.reader import Malformed, Record, read_records
 
@@ -52,3 +56,30 @@ class TestExactIntegers:
         (item,) = _read(b'{"s": "\\ud800"}\n')
         assert isinstance(item, Malformed)
         assert "not JSON" in item.reason
+
+
+flat_values = st.one_of(
+    st.integers(),  # any size: beyond 64 bits must be refused, never rounded
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+    st.booleans(),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=8), flat_values, max_size=6))
+def test_a_flat_line_is_kept_exactly_or_refused_naming_the_field(data):
+    line = json.dumps(data).encode() + b"\n"
+    (item,) = _read(line)
+    too_big = [
+        key for key, value in data.items() if type(value) is int and not -(2**63) <= value < 2**63
+    ]
+    if too_big:
+        assert isinstance(item, Malformed) and "64-bit" in item.reason
+        assert repr(too_big[0]) in item.reason
+    elif "data" in data:
+        return  # may be read as an envelope: its own tests
+    else:
+        assert isinstance(item, Record) and item.data == data
+        assert [type(value) for value in item.data.values()] == [type(v) for v in data.values()]
