@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +108,7 @@ def build(
     *,
     entry_point: str = "client",
     pm: pluggy.PluginManager | None = None,
-    outbox: Outbox | None = None,
+    outbox: Outbox | Callable[[Settings, Mapping[str, Sink]], Outbox | None] | None = None,
     extra_options: Sequence[Option] = (),
 ) -> Pipeline:
     """A :class:`~eventsink.Pipeline` for ``config``, not started yet.
@@ -119,7 +119,9 @@ def build(
     in (``client``, ``cli``, ``send``, ``pull``, ``consume``, ``datasette``; see
     :data:`eventsink.config.ENTRY_POINTS`). ``pm`` is the plugin manager whose sinks and hooks
     the pipeline uses (a fresh one by default). ``outbox`` replaces the outbox the settings
-    name (the Datasette plugin's internal database).
+    name (the Datasette plugin's internal database), or is a function of the settings and
+    the sinks that returns one (``None``: the settings' own), for a caller whose choice
+    depends on the sinks (``eventsink send``).
 
     Raises :class:`~eventsink.exceptions.ConfigError` naming the key for a bad configuration
     or a sink that rejects its options. Start it with ``await pipeline.start()`` on the loop
@@ -135,4 +137,6 @@ def build(
             entries = config.get("sinks") or [config]
             named = [isinstance(entry, Mapping) and bool(entry.get("name")) for entry in entries]
     settings, sinks = make_sinks(settings, pm, named=named)
+    if callable(outbox):
+        outbox = outbox(settings, sinks)
     return Pipeline(settings, pm=pm, outbox=outbox, sinks=sinks)

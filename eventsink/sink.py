@@ -59,6 +59,12 @@ class Sink:
     #: connection, file or cursor; ``None`` means any number (a sink whose ``send`` is safe
     #: to overlap, such as one request per call through a pooled HTTP client).
     max_concurrent_sends: ClassVar[int | None] = 1
+    #: True for a sink that writes to storage on this machine and ignores an id it already
+    #: holds (the sqlite sink). ``eventsink send`` then delivers the events of a file without
+    #: storing them in the outbox first: the file is their durable record, and a run killed
+    #: half-way is made whole by running it again. A remote sink keeps the outbox, so events
+    #: read once are delivered even if the file is gone.
+    local: ClassVar[bool] = False
 
     def __init__(self, **config: Any) -> None:
         self.config = validate_options(self.options, config)

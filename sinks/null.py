@@ -14,6 +14,7 @@ class NullSink(Sink):
 
     name = "null"
     max_concurrent_sends = None  # stores nothing
+    local = True  # nothing to store, so nothing to store twice
     description = "Discards every event (benchmarks, dry runs)."
 
     def __init__(self, **config: object) -> None:

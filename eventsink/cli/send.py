@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -14,9 +17,13 @@ import click
 from orjson import dumps
 
 from ..builder import build
+from ..config import Settings
 from ..exceptions import ConfigError, EventError
-from ..pipeline.pipeline import Pipeline
+from ..outbox import Outbox
+from ..outbox.deferred import DeferredOutbox
+from ..pipeline.pipeline import Pipeline, default_outbox_path
 from ..plugins import make_plugin_manager
+from ..sink import Sink
 from .common import (
     Outcomes,
     build_config,
@@ -31,6 +38,8 @@ from .common import (
 )
 from .interrupt import EXIT_DEAD_LETTERS, EXIT_FAILURE, Interrupted, stop_on_interrupt
 from .reader import FORMATS, Malformed, Record, StableIds, read_records
+
+logger = logging.getLogger("eventsink")
 
 SHOWN_MALFORMED = 20  # malformed inputs listed one by one; the rest are counted
 
@@ -147,6 +156,24 @@ def _open_inputs(files: tuple[str, ...], quiet: bool) -> Iterator[tuple[str, Bin
             yield name, stream
 
 
+def _is_regular_file(name: str) -> bool:
+    try:
+        return name != "-" and stat.S_ISREG(os.stat(name).st_mode)
+    except OSError:
+        return False
+
+
+def _straight_from_files(settings: Settings, sinks: Mapping[str, Sink]) -> Outbox | None:
+    """The outbox of a run whose input is files: a :class:`DeferredOutbox` when every sink
+    is local (the files are the events' durable record), else the configured one."""
+    if settings.outbox == ":memory:" or settings.overflow != "block":
+        return None
+    if not sinks or not all(sink.local for sink in sinks.values()):
+        return None
+    path = Path(settings.outbox or default_outbox_path()).expanduser()
+    return DeferredOutbox(path, durability=settings.durability)
+
+
 def _default_table(name: str) -> str:
     return "events" if name == "<stdin>" else Path(name).stem or "events"
 
@@ -204,6 +231,12 @@ Examples:
     help="Also write malformed input lines to this file, to fix and send again.",
 )
 @click.option(
+    "--via-outbox",
+    is_flag=True,
+    help="Store every event in the outbox before delivering it, even from a file into a local "
+    "sink (which by default is delivered straight from the file).",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Progress bar on standard error; default: when it is a terminal.",
@@ -221,6 +254,7 @@ def send(
     outbox: str | None,
     timeout: float | None,
     rejects: str | None,
+    via_outbox: bool,
     progress: bool | None,
     verbose: int,
     quiet: bool,
@@ -234,10 +268,13 @@ def send(
     With no --sink and no --config, events go to the sqlite sink: a local events.db, one table
     per --table, ready for 'datasette events.db'.
 
-    Events pass through the shared durable outbox (--outbox to choose another): if the run is
-    interrupted, the next 'eventsink send' to the same destination delivers what was left.
     Events read from a file get ids that are the same each time the unchanged file is read,
-    so sending it again after an interruption stores no duplicate.
+    so sending it again stores no duplicate. From files into a local sink (sqlite), events
+    are delivered straight from the file, their durable record: only events whose delivery
+    fails, or that are left when the run is stopped, are stored in the outbox. If the run is
+    killed, run it again. From standard input or to a remote sink, every event passes through
+    the shared durable outbox first (--outbox to choose another file, --via-outbox to always):
+    the next 'eventsink send' to the same destination delivers what a run left.
 
     Exit status: 0 all delivered; 1 some events left undelivered (--timeout, a paused sink;
     see 'eventsink status'); 2 bad usage or configuration; 3 some events were set aside
@@ -248,14 +285,26 @@ def send(
     pm = make_plugin_manager()
     outcomes = Outcomes()
     pm.register(outcomes)
+    from_files = bool(files) and all(_is_regular_file(name) for name in files)
     try:
-        pipeline = build(config, entry_point="send", pm=pm)
+        pipeline = build(
+            config,
+            entry_point="send",
+            pm=pm,
+            outbox=_straight_from_files if from_files and not via_outbox else None,
+        )
     except ConfigError as error:
         raise config_error(error) from None
     settings = pipeline.settings
     counts = Counts(pipeline)
     reporter = Reporter(counts, tty=tty, quiet=quiet)
     setup_logging(verbose, reporter.console, quiet=quiet)
+    if isinstance(pipeline.outbox, DeferredOutbox):
+        logger.info(
+            "eventsink: delivering straight from the file(s), their durable record; events "
+            "that fail or are left undelivered are stored in the outbox %s",
+            pipeline.outbox.path,
+        )
     running = start_runner(pipeline)
     restored = sum(pipeline._restored.values())
     tables: Counter[str] = Counter()

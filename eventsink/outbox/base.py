@@ -104,6 +104,9 @@ class Outbox(ABC):
     shared: bool = False
     #: True when committed events survive the process.
     durable: bool = False
+    #: True when append serialises each event's data (so the pipeline first sets aside any
+    #: event whose data cannot be, alone, rather than fail the whole append).
+    serialises_on_append: bool = True
     #: ``max_events`` when the configuration gives none.
     default_max_events: int = 100_000
     #: What the log says to do about dead-lettered events.

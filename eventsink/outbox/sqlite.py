@@ -494,6 +494,20 @@ class SQLiteOutbox(Outbox):
     async def append_by_destination(
         self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
     ) -> dict[str, int]:
+        lasts = await self._insert(batches, lease_for)
+        held = {}
+        for destination, last in lasts.items():
+            events = batches[destination]
+            # One writer inside one transaction: the rowids just made are contiguous.
+            self.held(destination).add(events, range(last - len(events) + 1, last + 1))
+            held[destination] = len(events)
+        return held
+
+    async def _insert(
+        self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
+    ) -> dict[str, int]:
+        """Insert each destination's events in one transaction, leased to this process for
+        the destinations in ``lease_for``; return the last new rowid of each of those."""
         # One flat list of column values per distinct list of events, built once (every
         # destination usually shares one list): a multi-row statement takes slices of it,
         # with no tuple per row.
@@ -538,14 +552,7 @@ class SQLiteOutbox(Outbox):
                     lasts[destination] = cursor.lastrowid
             return lasts
 
-        lasts = await self._run(insert)
-        held = {}
-        for destination, last in lasts.items():
-            events = batches[destination]
-            # One writer inside one transaction: the rowids just made are contiguous.
-            self.held(destination).add(events, range(last - len(events) + 1, last + 1))
-            held[destination] = len(events)
-        return held
+        return await self._run(insert)
 
     async def lease(self, destination: str, limit: int) -> Leased | None:
         owner = self.claimer

@@ -369,7 +369,11 @@ class Pipeline:
         events, routes, group = self.intake.take()
         error: OutboxError | None = None
         if events:
-            storable = self._set_aside_unstorable(events, routes)
+            storable = (
+                self._set_aside_unstorable(events, routes)
+                if self.outbox.serialises_on_append
+                else events
+            )
             stored, error = await self._store(self._by_destination(storable, routes), len(storable))
             self.intake.committed(len(events))
             if stored is not None:

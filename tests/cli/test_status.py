@@ -82,7 +82,14 @@ class TestStaleLeases:
             for number in range(100_000):
                 file.write(json.dumps({"n": number}) + "\n")
         process = subprocess.Popen(
-            [EVENTSINK, "send", "big.jsonl", "--outbox", str(tmp_path / "outbox.db")],
+            [
+                EVENTSINK,
+                "send",
+                "big.jsonl",
+                "--via-outbox",
+                "--outbox",
+                str(tmp_path / "outbox.db"),
+            ],
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
