@@ -1,17 +1,31 @@
-"""Pipe 100,000 JSON lines to ``eventsink send`` (default sqlite sink) and time it.
+"""``eventsink send`` of 100,000 JSON lines into the default sqlite sink, beside sqlite-utils.
 
-Run: ``python bench/bench_cli_send.py [--events N]``. Each variant runs in a fresh temporary
-directory as a real subprocess, so the figure includes interpreter start-up and the durable
-outbox; the count in ``events.db`` is checked exactly. For comparison, the same lines go to
-``sqlite-utils insert --nl`` (no outbox, no ids), measured side by side in the same run.
+Run: ``python bench/bench_cli_send.py [--events N] [--rounds R]``. Every variant is a real
+subprocess in a fresh temporary directory (interpreter start-up included), run once per round
+in turn, so each round measures all of them side by side; the figures are medians over the
+rounds. The count in ``events.db`` is checked exactly each time. The baseline is
+``sqlite-utils insert --nl`` of the same lines (no outbox, no ids), from the same kind of
+input:
+
+* from a file: ``eventsink send events.jsonl`` delivers straight from the file (the file is
+  the events' durable record); ``--via-outbox`` stores every event in the outbox first, as
+  before;
+* from standard input: every event passes through the durable outbox.
+
+Besides wall-clock time it prints each variant's CPU time (user + system): sqlite-utils commits
+every 100 rows with SQLite's default ``synchronous=FULL`` and a rollback journal, so part of
+its time is waiting for the disk, while the sqlite sink commits once per batch in WAL mode
+with ``synchronous=NORMAL``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,63 +53,92 @@ def make_lines(count: int) -> bytes:
     )
 
 
-def run(command: list[str], lines: bytes, cwd: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, input=lines, cwd=cwd, check=True, capture_output=True)
-    return time.perf_counter() - started
+def cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-def count(path: str, table: str) -> int:
-    connection = sqlite3.connect(path)
-    try:
-        return connection.execute(f"select count(*) from [{table}]").fetchone()[0]
-    finally:
-        connection.close()
+def run(command: list[str], lines: bytes, stdin: bool, expected: int) -> tuple[float, float]:
+    """Wall-clock seconds and CPU seconds (user + system) of one run."""
+    with tempfile.TemporaryDirectory() as directory:
+        Path(directory, "events.jsonl").write_bytes(lines)
+        cpu = cpu_of_children()
+        started = time.perf_counter()
+        subprocess.run(
+            command,
+            input=lines if stdin else None,
+            cwd=directory,
+            check=True,
+            capture_output=True,
+        )
+        seconds = time.perf_counter() - started
+        cpu = cpu_of_children() - cpu
+        connection = sqlite3.connect(os.path.join(directory, "events.db"))
+        try:
+            stored = connection.execute("select count(*) from events").fetchone()[0]
+        finally:
+            connection.close()
+        if stored != expected:
+            raise SystemExit(f"{' '.join(command)}: {stored} rows stored, expected {expected}")
+        return seconds, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     lines = make_lines(args.events)
-    results = {}
+    eventsink, sqlite_utils = str(BIN / "eventsink"), str(BIN / "sqlite-utils")
+    if not shutil.which("sqlite-utils", path=str(BIN)):
+        raise SystemExit("sqlite-utils is not installed beside this Python")
+    # name: (command, from standard input?)
     variants = {
-        "eventsink send (durable outbox)": [
-            str(BIN / "eventsink"),
-            "send",
-            "--outbox",
-            "outbox.db",
-        ],
-        "eventsink send --outbox :memory:": [
-            str(BIN / "eventsink"),
-            "send",
-            "--outbox",
-            ":memory:",
-        ],
+        "file: eventsink send": ([eventsink, "send", "events.jsonl", "--outbox", "o.db"], False),
+        "file: eventsink send --via-outbox": (
+            [eventsink, "send", "events.jsonl", "--outbox", "o.db", "--via-outbox"],
+            False,
+        ),
+        "file: sqlite-utils insert --nl": (
+            [sqlite_utils, "insert", "events.db", "events", "events.jsonl", "--nl"],
+            False,
+        ),
+        "stdin: eventsink send": ([eventsink, "send", "--outbox", "o.db"], True),
+        "stdin: sqlite-utils insert --nl": (
+            [sqlite_utils, "insert", "events.db", "events", "-", "--nl"],
+            True,
+        ),
     }
-    if shutil.which("sqlite-utils", path=str(BIN)):
-        variants["sqlite-utils insert --nl (baseline)"] = [
-            str(BIN / "sqlite-utils"),
-            "insert",
-            "events.db",
-            "events",
-            "-",
-            "--nl",
-        ]
-    for name, command in variants.items():
-        with tempfile.TemporaryDirectory() as directory:
-            seconds = run(command, lines, directory)
-            stored = count(os.path.join(directory, "events.db"), "events")
-            if stored != args.events:
-                raise SystemExit(f"{name}: {stored} rows stored, expected {args.events}")
-            results[name] = seconds
-    baseline = results["eventsink send (durable outbox)"]
-    print(f"{args.events:,} JSON lines piped in, exact count checked in events.db")
-    for name, seconds in results.items():
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    cpus: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, (command, stdin) in variants.items():
+            seconds, cpu = run(command, lines, stdin, args.events)
+            times[name].append(seconds)
+            cpus[name].append(cpu)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(
+        f"{args.events:,} JSON lines into events.db, median of {args.rounds} rounds "
+        "(exact count checked every run)"
+    )
+    for name, seconds in median.items():
+        spread = ", ".join(f"{value:.2f}" for value in times[name])
         print(
-            f"  {name:40} {seconds:6.2f}s  {args.events / seconds:9,.0f} events/s  "
-            f"{seconds / baseline:.2f}x the durable run's time"
+            f"  {name:36} {seconds:6.2f}s  {args.events / seconds:9,.0f} events/s  "
+            f"CPU {statistics.median(cpus[name]):5.2f}s  [{spread}]"
         )
+    for kind in ("file", "stdin"):
+        baseline = median[f"{kind}: sqlite-utils insert --nl"]
+        for name, seconds in median.items():
+            if name.startswith(f"{kind}: eventsink"):
+                print(f"  {name} / sqlite-utils (speed ratio): {baseline / seconds:.2f}")
+        # Ratios per round, so a noisy round shows as spread rather than hiding in a median.
+        rounds = [
+            times[f"{kind}: sqlite-utils insert --nl"][index]
+            / times[f"{kind}: eventsink send"][index]
+            for index in range(args.rounds)
+        ]
+        print(f"    per round, {kind}: " + ", ".join(f"{ratio:.2f}" for ratio in rounds))
 
 
 if __name__ == "__main__":
