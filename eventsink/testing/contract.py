@@ -284,6 +284,16 @@ class SinkContract:
             isinstance(declared, int) and not isinstance(declared, bool) and declared >= 1
         ), f"max_concurrent_sends must be a positive int or None, not {declared!r}"
 
+    def test_a_local_sink_stores_each_id_once(self, make_sink: Callable[[], Sink]) -> None:
+        """``local`` is a bool, and a sink that declares it is idempotent: ``eventsink send``
+        relies on that to deliver a file's events again after a crash instead of keeping them
+        in the outbox."""
+        declared = type(make_sink()).local
+        assert isinstance(declared, bool), f"local must be a bool, not {declared!r}"
+        assert not (declared and not self.idempotent), (
+            "a sink that stores an id more than once must not declare local = True"
+        )
+
     def test_concurrent_sends_store_every_event(
         self, make_sink: Callable[[], Sink], read_stored: Any
     ) -> None:

@@ -322,7 +322,7 @@ class TestOutboxDrops:
     async def test_dropped_page_is_read_again(self, tmp_path, monkeypatch):
         pipeline = make_pipeline(tmp_path)
         await pipeline.start()
-        real_append = pipeline.outbox.append
+        real_append = pipeline.outbox.append_by_destination
         calls = 0
 
         async def full_disk_at_first(*args: Any, **kwargs: Any) -> Any:
@@ -332,7 +332,7 @@ class TestOutboxDrops:
                 raise sqlite3.OperationalError("database or disk is full")
             return await real_append(*args, **kwargs)
 
-        monkeypatch.setattr(pipeline.outbox, "append", full_disk_at_first)
+        monkeypatch.setattr(pipeline.outbox, "append_by_destination", full_disk_at_first)
         store = CheckpointStore(tmp_path / "ob.db")
         with pytest.raises(OutboxError):
             await Puller(NumberSource({}), pipeline, store, retry_initial=0.001).run()
