@@ -47,6 +47,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
@@ -55,7 +56,7 @@ from typing import Any, TypeVar
 from ..event import Event
 from ..exceptions import ConfigError
 from ..pipeline.threads import WorkerThreads
-from ..sqlite_files import connect
+from ..sqlite_files import BUSY_TIMEOUT, connect
 from .base import DeadLetter, Failure, Leased, Outbox, SinkBacklog
 from .held import HeldEvents
 
@@ -126,6 +127,10 @@ CLAIMED = "/claimed"  # suffix of the name under which a process holds rows it c
 ACK_DELAY = 0.01  # seconds an acked row may wait for its delete to join another transaction
 
 
+#: Appends of at most this many rows may be committed on the event loop's own thread when the
+#: outbox thread is idle (:class:`ThreadRunner`): a request waiting for its event skips two
+#: thread hops; larger groups go to the thread, not to hold up the loop.
+SMALL_APPEND = 16
 _INSERT_ROWS = 100  # rows per multi-row insert: 700 parameters, under the old limit of 999
 #: Events leased at append that a destination's lane keeps in memory by default: while its
 #: sink keeps up, events are sent from memory; behind that, read back by primary key.
@@ -272,7 +277,9 @@ def _marks(count: int) -> str:
 class Runner:
     """Runs a function with a SQLite connection off the event loop, inside a transaction."""
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
+        """Run ``fn(connection)`` in a transaction; ``small``: a few rows' work, which a
+        runner may do on the calling thread when that is cheaper than a thread hop."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -280,17 +287,33 @@ class Runner:
 
 
 class ThreadRunner(Runner):
-    """A dedicated thread owning one connection to ``path``."""
+    """A dedicated thread owning one connection to ``path``.
+
+    Small work (a few rows, ``small=True``) that finds the thread idle runs at once on the
+    calling thread instead, if it can take the write lock without waiting: two thread hops
+    cost more than inserting a row, and a request waiting for its event's commit feels each
+    hop. It never waits for a lock there (another writer: the thread does it) and never
+    checkpoints the WAL there (the thread's next commit does), so the event loop is not held
+    up; with ``durability: fsync`` every commit waits for the disk, so nothing runs inline.
+    """
 
     def __init__(self, path: str, *, durability: str = "normal") -> None:
         self.path = path
         self._durability = durability
         self._thread = WorkerThreads(1, "eventsink-outbox")
         self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # one user of the connection at a time
+        self._queued = 0  # calls handed to the thread and not finished
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            return self._transaction(fn)
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._connection is None:
-            self._connection = connect(self.path, durability=self._durability)
+            self._connection = connect(
+                self.path, durability=self._durability, check_same_thread=False
+            )
         connection = self._connection
         connection.execute("begin immediate")
         try:
@@ -304,13 +327,46 @@ class ThreadRunner(Runner):
             raise
         return result
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._thread.run(self._call, fn)
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
+        if small and self._durability != "fsync" and not self._queued:
+            done, result = self._try_inline(fn)
+            if done:
+                return result  # type: ignore[return-value]
+        self._queued += 1
+        try:
+            return await self._thread.run(self._call, fn)
+        finally:
+            self._queued -= 1
+
+    def _try_inline(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+        connection = self._connection
+        if connection is None or not self._lock.acquire(blocking=False):
+            return False, None
+        try:
+            connection.execute("pragma busy_timeout = 0")
+            connection.execute("pragma wal_autocheckpoint = 0")
+            try:
+                connection.execute("begin immediate")
+            except sqlite3.OperationalError:  # another writer holds the lock: not here
+                return False, None
+            try:
+                result = fn(connection)
+                connection.execute("commit")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("rollback")
+                raise
+            return True, result
+        finally:
+            connection.execute(f"pragma busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            connection.execute("pragma wal_autocheckpoint = 1000")
+            self._lock.release()
 
     def _close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
 
     async def close(self) -> None:
         await self._thread.run(self._close)
@@ -552,7 +608,8 @@ class SQLiteOutbox(Outbox):
                     lasts[destination] = cursor.lastrowid
             return lasts
 
-        return await self._run(insert)
+        rows = sum(len(events) for events in batches.values())
+        return await self._run(insert, small=rows <= SMALL_APPEND)
 
     async def lease(self, destination: str, limit: int) -> Leased | None:
         owner = self.claimer
@@ -618,11 +675,12 @@ class SQLiteOutbox(Outbox):
         finally:
             self._ack_flush = None
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in a transaction that first deletes the acked rows."""
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
+        """Run ``fn`` in a transaction that first deletes the acked rows (``small``: see
+        :meth:`Runner.run`)."""
         acked, self._acked = self._acked, []
         if not acked:
-            return await self.runner.run(fn)
+            return await self.runner.run(fn, small=small)
 
         def delete_acked_then(connection: sqlite3.Connection) -> T:
             # Acked rows are mostly runs of consecutive seqs (batches appended together): one

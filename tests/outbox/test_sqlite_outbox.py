@@ -484,3 +484,71 @@ class TestOwners:
         await async_wait_until(registered_again)
         assert "did not renew its hold" in caplog.text
         await outbox.close()
+
+
+class TestSmallWorkInline:
+    """A few rows' work finds the outbox thread idle: it runs on the caller's thread, unless
+    another writer holds the lock (then the thread waits for it) or every commit must fsync."""
+
+    async def test_runs_on_the_calling_thread_when_idle(self, tmp_path):
+        import threading
+
+        from eventsink.outbox.sqlite import ThreadRunner
+
+        runner = ThreadRunner(str(tmp_path / "o.db"))
+        where = []
+
+        def work(connection):
+            where.append(threading.get_ident())
+            connection.execute("create table if not exists t (n)")
+            connection.execute("insert into t values (1)")
+
+        await runner.run(work)  # opens the connection, on the thread
+        await runner.run(work, small=True)
+        await runner.run(work)  # not small: the thread
+        here = threading.get_ident()
+        assert where[0] != here and where[1] == here and where[2] != here
+        await runner.close()
+
+    async def test_another_writer_sends_it_to_the_thread_without_blocking_the_loop(self, tmp_path):
+        import threading
+
+        from eventsink.outbox.sqlite import ThreadRunner
+
+        path = tmp_path / "o.db"
+        runner = ThreadRunner(str(path))
+        where = []
+
+        def work(connection):
+            where.append(threading.get_ident())
+            connection.execute("create table if not exists t (n)")
+            connection.execute("insert into t values (1)")
+
+        await runner.run(work)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("begin immediate")  # another process's write lock
+        running = asyncio.ensure_future(runner.run(work, small=True))
+        ticks = 0
+        while ticks < 20:  # the loop keeps turning while the work waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not running.done()
+        other.execute("commit")
+        other.close()
+        await running
+        assert where[1] != threading.get_ident()
+        with sqlite3.connect(path) as check:
+            assert check.execute("select count(*) from t").fetchone() == (2,)
+        await runner.close()
+
+    async def test_fsync_durability_never_runs_inline(self, tmp_path):
+        import threading
+
+        from eventsink.outbox.sqlite import ThreadRunner
+
+        runner = ThreadRunner(str(tmp_path / "o.db"), durability="fsync")
+        where = []
+        await runner.run(lambda connection: where.append(threading.get_ident()))
+        await runner.run(lambda connection: where.append(threading.get_ident()), small=True)
+        assert threading.get_ident() not in where
+        await runner.close()
