@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -37,6 +38,12 @@ from eventsink.outbox.sqlite import SQLiteOutbox
 from eventsink.testing.receiver import DatasetteReceiver
 
 CLIENTS = (1, 4, 16)
+
+
+def pin(pid: int, cores: set[int]) -> None:
+    """Keep every thread of process ``pid`` (and the threads it starts later) on ``cores``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cores)
 
 
 def sender(directory: Path, name: str, plugin: dict, internal: Path) -> DatasetteReceiver:
@@ -159,7 +166,20 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=960, help="Per round and sender.")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument(
+        "--clients", default=",".join(map(str, CLIENTS)), help="Concurrent clients, e.g. 1,4,16."
+    )
+    parser.add_argument("--no-delivery", action="store_true", help="Skip the delivery rate part.")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="Do not pin the senders to one core and the receiver and clients to the other.",
+    )
     args = parser.parse_args()
+    pinned = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
+    if pinned:  # the receiver (and this driver) stand for other machines: keep them apart
+        pin(os.getpid(), {1})
+    clients_list = [int(part) for part in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         with DatasetteReceiver(directory=directory / "receiver") as receiver:
@@ -177,8 +197,14 @@ async def main() -> None:
             results: dict[tuple[str, int], list[tuple[float, float]]] = {}
             for server in senders.values():
                 server.start()
+            if pinned:
+                pin(receiver.process.pid, {1})  # type: ignore[union-attr]
+                for server in senders.values():
+                    pin(server.process.pid, {0})  # type: ignore[union-attr]
             try:
-                for clients in CLIENTS:
+                for server in senders.values():  # warm up: first requests pay for imports
+                    await drive(server, 100, 1)
+                for clients in clients_list:
                     for _ in range(args.rounds):
                         for name, server in senders.items():
                             runs = results.setdefault((name, clients), [])
@@ -186,12 +212,20 @@ async def main() -> None:
             finally:
                 for server in senders.values():
                     server.close()
-            print(f"sender, medians of {args.rounds} rounds of {args.requests} single-row inserts")
+            where = (
+                "senders on core 0, receiver and clients on core 1"
+                if pinned
+                else "not pinned: the receiver's work competes with the senders'"
+            )
+            print(
+                f"sender, medians of {args.rounds} rounds of {args.requests} single-row inserts "
+                f"({where})"
+            )
             print(
                 "  clients   off req/s  on req/s  on÷off   p50 off  p50 on   Δp50"
                 "   fsync req/s  fsync÷off"
             )
-            for clients in CLIENTS:
+            for clients in clients_list:
                 rate = {
                     name: statistics.median(r[0] for r in results[(name, clients)])
                     for name in senders
@@ -208,6 +242,8 @@ async def main() -> None:
                 )
             forwarded = count_rows(receiver, "datasette_events")
             print(f"  (forwarded so far: {forwarded} events)")
+        if args.no_delivery:
+            return
 
         with DatasetteReceiver(directory=directory / "receiver2") as receiver:
             events = make_events(args.events)
