@@ -40,8 +40,9 @@ FORMATS = ("auto", "jsonl", "json", "csv")
 _ENVELOPE_KEYS = frozenset({"id", "table", "instance", "created", "data"})
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]+([eE][-+]?[0-9]+)?")
-# 20 digits in a row may be an integer beyond 64 bits, which orjson reads as a rounded float.
-_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+# 19 digits in a row may be an integer beyond 64 bits, which orjson reads as a rounded float
+# (-9223372036854775809 has 19: below the signed range, and no unsigned one can hold it).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 @dataclass

@@ -83,3 +83,9 @@ def test_a_flat_line_is_kept_exactly_or_refused_naming_the_field(data):
     else:
         assert isinstance(item, Record) and item.data == data
         assert [type(value) for value in item.data.values()] == [type(v) for v in data.values()]
+
+
+def test_just_below_the_signed_range_is_refused_not_rounded():
+    """19 digits, below -2**63: orjson makes it a float; found by the property above."""
+    (item,) = _read(b'{"n": -9223372036854775809}\n')
+    assert isinstance(item, Malformed) and "'n'" in item.reason
