@@ -286,6 +286,20 @@ class Runner:
         pass
 
 
+def _commit_after(connection: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn`` in the transaction just begun and commit it, or roll it back."""
+    try:
+        result = fn(connection)
+        connection.execute("commit")
+    except BaseException:
+        # A commit refused (disk full) leaves the transaction open: end it, or every later
+        # call fails with "cannot start a transaction within a transaction".
+        if connection.in_transaction:
+            connection.execute("rollback")
+        raise
+    return result
+
+
 class ThreadRunner(Runner):
     """A dedicated thread owning one connection to ``path``.
 
@@ -316,16 +330,7 @@ class ThreadRunner(Runner):
             )
         connection = self._connection
         connection.execute("begin immediate")
-        try:
-            result = fn(connection)
-            connection.execute("commit")
-        except BaseException:
-            # A commit refused (disk full) leaves the transaction open: end it, or every later
-            # call fails with "cannot start a transaction within a transaction".
-            if connection.in_transaction:
-                connection.execute("rollback")
-            raise
-        return result
+        return _commit_after(connection, fn)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
         if small and self._durability != "fsync" and not self._queued:
@@ -349,14 +354,7 @@ class ThreadRunner(Runner):
                 connection.execute("begin immediate")
             except sqlite3.OperationalError:  # another writer holds the lock: not here
                 return False, None
-            try:
-                result = fn(connection)
-                connection.execute("commit")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("rollback")
-                raise
-            return True, result
+            return True, _commit_after(connection, fn)
         finally:
             connection.execute(f"pragma busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             connection.execute("pragma wal_autocheckpoint = 1000")

@@ -42,6 +42,17 @@ def start(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+def send_big_again(tmp_path: Path, outbox: Path) -> None:
+    """Run ``eventsink send big.jsonl`` to completion, as a user would after a stop."""
+    again = subprocess.run(
+        [EVENTSINK, "send", "big.jsonl", "--outbox", str(outbox)],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+
+
 def interrupt(process: subprocess.Popen[bytes], signum: int) -> tuple[str, str]:
     process.send_signal(signum)
     out, err = process.communicate(timeout=60)
@@ -79,13 +90,7 @@ class TestSendInterrupted:
         assert 0 < delivered < LINES  # really stopped in the middle
         assert f"Sent {delivered:,} to sqlite" in out
 
-        again = subprocess.run(
-            [EVENTSINK, "send", "big.jsonl", "--outbox", str(outbox)],
-            cwd=tmp_path,
-            capture_output=True,
-            timeout=300,
-        )
-        assert again.returncode == 0, again.stderr
+        send_big_again(tmp_path, outbox)
         assert count_rows(
             events_db, "select count(*), count(distinct id), count(distinct n) from big"
         ) == (LINES, LINES, LINES)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
 
 import pytest
 from click.testing import CliRunner
@@ -20,7 +19,7 @@ from eventsink.cli import cli
 from eventsink.testing import wait_until
 
 from ..conftest import table_rows
-from .test_interrupt import EVENTSINK, count_rows, start
+from .test_interrupt import count_rows, send_big_again, start
 
 STRAIGHT = "delivering straight from the file(s)"
 
@@ -125,13 +124,7 @@ class TestKilledHalfWay:
         # Straight from the file: the killed run stored nothing in the outbox.
         assert count_rows(outbox, "select count(*) from eventsink_outbox") == (0,)
 
-        again = subprocess.run(
-            [EVENTSINK, "send", "big.jsonl", "--outbox", str(outbox)],
-            cwd=tmp_path,
-            capture_output=True,
-            timeout=300,
-        )
-        assert again.returncode == 0, again.stderr
+        send_big_again(tmp_path, outbox)
         assert count_rows(
             events_db, "select count(*), count(distinct id), min(n), max(n) from big"
         ) == (LINES, LINES, 0, LINES - 1)
