@@ -42,6 +42,20 @@ def start(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+def start_sending_big(tmp_path: Path, outbox: Path) -> subprocess.Popen[bytes]:
+    """Start ``eventsink send big.jsonl``; return once its first rows are in events.db (or
+    it has ended)."""
+    process = start(tmp_path, "send", "big.jsonl", "--outbox", str(outbox))
+    wait_until(
+        lambda: (
+            count_rows(tmp_path / "events.db", "select count(*) from big")[0] > 0
+            or process.poll() is not None
+        ),
+        timeout=60,
+    )
+    return process
+
+
 def send_big_again(tmp_path: Path, outbox: Path) -> None:
     """Run ``eventsink send big.jsonl`` to completion, as a user would after a stop."""
     again = subprocess.run(
@@ -69,14 +83,7 @@ class TestSendInterrupted:
             for number in range(LINES):
                 file.write(json.dumps({"n": number, "kind": "tick"}) + "\n")
         events_db, outbox = tmp_path / "events.db", tmp_path / "outbox.db"
-        process = start(tmp_path, "send", "big.jsonl", "--outbox", str(outbox))
-        wait_until(
-            lambda: (
-                count_rows(events_db, "select count(*) from big")[0] > 0
-                or process.poll() is not None
-            ),
-            timeout=60,
-        )
+        process = start_sending_big(tmp_path, outbox)
         assert process.poll() is None, "send finished before it could be interrupted"
         out, err = interrupt(process, signum)
 

@@ -16,10 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from eventsink.cli import cli
-from eventsink.testing import wait_until
 
 from ..conftest import table_rows
-from .test_interrupt import count_rows, send_big_again, start
+from .test_interrupt import count_rows, send_big_again, start_sending_big
 
 STRAIGHT = "delivering straight from the file(s)"
 
@@ -109,14 +108,7 @@ class TestKilledHalfWay:
     def test_run_again_gives_exactly_the_input(self, tmp_path):
         write_lines(tmp_path / "big.jsonl", LINES)
         events_db, outbox = tmp_path / "events.db", tmp_path / "outbox.db"
-        process = start(tmp_path, "send", "big.jsonl", "--outbox", str(outbox))
-        wait_until(
-            lambda: (
-                count_rows(events_db, "select count(*) from big")[0] > 0
-                or process.poll() is not None
-            ),
-            timeout=60,
-        )
+        process = start_sending_big(tmp_path, outbox)
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=60)
         (delivered,) = count_rows(events_db, "select count(*) from big")
