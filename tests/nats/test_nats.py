@@ -148,6 +148,15 @@ async def stream_count(url: str) -> int:
     return info.state.messages
 
 
+async def add_stream(url: str, name: str, subjects: list[str], **config: Any) -> None:
+    """Create a JetStream stream directly (what an operator would do), e.g. with limits."""
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().add_stream(name=name, subjects=subjects, **config)
+    finally:
+        await nc.close()
+
+
 class TestNatsSinkConfig:
     """Bad configuration is refused naming the key, and secrets never show."""
 
@@ -250,6 +259,47 @@ class TestNatsSinkDelivery:
         assert not isinstance(caught.value, SinkPausedError)
         assert "no responders" in str(caught.value)
 
+    async def test_subject_of_another_stream_pauses(self, server: NatsServer) -> None:
+        await add_stream(server.url, "OTHER", ["other.>"])
+        sink = sink_for(server, subject="other.{table}", create_stream={"subjects": ["x.>"]})
+        await sink.open()
+        try:
+            with pytest.raises(SinkPausedError) as caught:
+                await sink.send(make_events(3))
+        finally:
+            await sink.close()
+        assert "not in stream 'EVENTS'" in str(caught.value)
+        assert await stream_count(server.url) == 0
+
+    async def test_message_over_the_stream_limit_is_rejected(self, server: NatsServer) -> None:
+        await add_stream(server.url, STREAM, ["events.>"], max_msg_size=512)
+        sink = sink_for(server)
+        big = make_events(1)[0]
+        big.data["blob"] = "x" * 1000
+        await sink.open()
+        try:
+            with pytest.raises(RejectedError) as caught:
+                await sink.send([*make_events(2), big])
+        finally:
+            await sink.close()
+        assert "maximum" in str(caught.value)
+
+    async def test_late_acks_of_a_timed_out_batch_are_ignored(self, server: NatsServer) -> None:
+        sink = sink_for(server)
+        events = make_events(200)
+        await sink.open()
+        sink.config["timeout"] = 1e-6  # below the option's minimum: gives up before any ack
+        try:
+            with pytest.raises(RetryableError, match="timed out"):
+                await sink.send(events)
+            sink.config["timeout"] = 10.0
+            await sink.send(events)  # the retry: stored once, its own acks counted
+            await asyncio.sleep(0.2)  # any late ack of the first try arrives now, harmlessly
+            await sink.send(make_events(10))
+        finally:
+            await sink.close()
+        assert await stream_count(server.url) == 210
+
     async def test_server_down_is_retryable(self, tmp_path: Path) -> None:
         sink = NatsSink(servers=[f"nats://127.0.0.1:{free_port()}"], connect_timeout=0.5)
         with pytest.raises(RetryableError):
@@ -332,6 +382,44 @@ class TestNatsOutage:
         ids = await stream_ids(server.url)
         assert len(ids) == written == 6000
         assert len(set(ids)) == 6000
+
+
+class TestNatsRefusals:
+    """An event JetStream refuses is set aside alone; the events around it are stored once."""
+
+    async def test_one_oversized_event_is_dead_lettered_alone(self, server: NatsServer) -> None:
+        await add_stream(server.url, STREAM, ["events.>"], max_msg_size=512, duplicate_window=120)
+        config = {
+            "sink": "nats",
+            "servers": [server.url],
+            "stream": STREAM,
+            "batch_limit": 100,
+            "flush_interval": 0.05,
+            "instance": "web-1",
+        }
+        pm = make_plugin_manager()
+        classes = sink_classes(pm)
+        settings = parse_config(
+            config, lambda name, key: lookup(classes, name, "sink", key).options
+        )
+        pipeline = Pipeline(settings, pm=pm, outbox=MemoryOutbox())
+        await pipeline.start()
+        try:
+            for n in range(300):
+                data: dict[str, Any] = {"n": n}
+                if n == 150:
+                    data["blob"] = "x" * 1000
+                await pipeline.write_async("clicks", data, wait_committed=False)
+            assert await pipeline.flush(timeout=30)
+            letters = await pipeline.outbox.dead_letters()
+        finally:
+            await pipeline.close()
+        assert [letter.event.data["n"] for letter in letters] == [150]
+        assert "maximum" in letters[0].failure.message
+        records = await stream_records(server.url)
+        assert sorted(record["data"]["n"] for record in records) == [
+            n for n in range(300) if n != 150
+        ]
 
 
 async def _settled(lane: Any, count: int) -> bool:

@@ -111,6 +111,26 @@ class TestNatsSinkContract(SinkContract):
 
         return lambda: asyncio.run(stream_records(server.url))
 
+    @pytest.fixture
+    def failure_cases(self, server: Any):
+        import asyncio
+
+        from ..nats.test_nats import add_stream, sink_for
+
+        asyncio.run(add_stream(server.url, "OTHER", ["other.>"]))
+        elsewhere = {"subjects": ["x.>"]}  # the sink's own stream takes none of its subjects
+        return {
+            "no such stream": (lambda: sink_for(server, create_stream=None), ConfigError),
+            "no stream takes the subject": (
+                lambda: sink_for(server, subject="nowhere.{table}", create_stream=elsewhere),
+                RetryableError,
+            ),
+            "the subject is another stream's": (
+                lambda: sink_for(server, subject="other.{table}", create_stream=elsewhere),
+                SinkPausedError,
+            ),
+        }
+
 
 class TestS3SinkContract(SinkContract):
     """The s3 sink keeps the contract against a real S3 server (SeaweedFS), read back by S3."""
