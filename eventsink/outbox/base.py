@@ -159,6 +159,17 @@ class Outbox(ABC):
         returns how many were held, by destination.
         """
 
+    def append_now(
+        self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
+    ) -> dict[str, int] | None:
+        """:meth:`append_by_destination` done at once on the calling thread, if this outbox can
+        commit it there without waiting for anything; ``None`` when it cannot (nothing stored).
+
+        The pipeline tries it for a request waiting for its own event's commit, which then
+        skips two hops through the event loop. By default an outbox cannot.
+        """
+        return None
+
     @abstractmethod
     async def lease(self, destination: str, limit: int) -> Leased | None:
         """Up to ``limit`` of the oldest unleased events of ``destination``; ``None`` if none."""

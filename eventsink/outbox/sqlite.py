@@ -282,6 +282,11 @@ class Runner:
         runner may do on the calling thread when that is cheaper than a thread hop."""
         raise NotImplementedError
 
+    def run_now(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+        """Run a few rows' work ``fn`` in a transaction on the calling thread if that needs no
+        waiting: ``(True, result)``; ``(False, None)`` when it cannot (``fn`` did not run)."""
+        return False, None
+
     async def close(self) -> None:
         pass
 
@@ -333,8 +338,8 @@ class ThreadRunner(Runner):
         return _commit_after(connection, fn)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
-        if small and self._durability != "fsync" and not self._queued:
-            done, result = self._try_inline(fn)
+        if small:
+            done, result = self.run_now(fn)
             if done:
                 return result  # type: ignore[return-value]
         self._queued += 1
@@ -343,9 +348,11 @@ class ThreadRunner(Runner):
         finally:
             self._queued -= 1
 
-    def _try_inline(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+    def run_now(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
         connection = self._connection
-        if connection is None or not self._lock.acquire(blocking=False):
+        if self._durability == "fsync" or self._queued or connection is None:
+            return False, None
+        if not self._lock.acquire(blocking=False):
             return False, None
         try:
             connection.execute("pragma busy_timeout = 0")
@@ -548,7 +555,27 @@ class SQLiteOutbox(Outbox):
     async def append_by_destination(
         self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
     ) -> dict[str, int]:
-        lasts = await self._insert(batches, lease_for)
+        return self._hold(batches, await self._insert(batches, lease_for))
+
+    async def _insert(
+        self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
+    ) -> dict[str, int]:
+        """Insert each destination's events in one transaction (see :meth:`_insert_job`)."""
+        rows = sum(len(events) for events in batches.values())
+        return await self._run(self._insert_job(batches, lease_for), small=rows <= SMALL_APPEND)
+
+    def append_now(
+        self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
+    ) -> dict[str, int] | None:
+        rows = sum(len(events) for events in batches.values())
+        if rows > SMALL_APPEND or self._acked:  # acked rows: deleted by the outbox thread
+            return None
+        done, lasts = self.runner.run_now(self._insert_job(batches, lease_for))
+        return self._hold(batches, lasts) if done else None
+
+    def _hold(self, batches: Mapping[str, Sequence[Event]], lasts: Any) -> dict[str, int]:
+        """Add the events just inserted for the destinations in ``lasts`` (each one's last new
+        rowid) to their held events; return how many were held, by destination."""
         held = {}
         for destination, last in lasts.items():
             events = batches[destination]
@@ -557,11 +584,12 @@ class SQLiteOutbox(Outbox):
             held[destination] = len(events)
         return held
 
-    async def _insert(
+    def _insert_job(
         self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
-    ) -> dict[str, int]:
-        """Insert each destination's events in one transaction, leased to this process for
-        the destinations in ``lease_for``; return the last new rowid of each of those."""
+    ) -> Callable[[sqlite3.Connection], dict[str, int]]:
+        """The work of inserting each destination's events in one transaction, leased to this
+        process for the destinations in ``lease_for``; it returns the last new rowid of each
+        of those."""
         # One flat list of column values per distinct list of events, built once (every
         # destination usually shares one list): a multi-row statement takes slices of it,
         # with no tuple per row.
@@ -606,8 +634,7 @@ class SQLiteOutbox(Outbox):
                     lasts[destination] = cursor.lastrowid
             return lasts
 
-        rows = sum(len(events) for events in batches.values())
-        return await self._run(insert, small=rows <= SMALL_APPEND)
+        return insert
 
     async def lease(self, destination: str, limit: int) -> Leased | None:
         owner = self.claimer

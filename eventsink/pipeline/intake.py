@@ -114,6 +114,17 @@ def _plugin(step: Callable[..., Any]) -> str:
     return getattr(step, "plugin_name", None) or repr(step)
 
 
+def _settle_like(future: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+    if future.done():
+        return
+    if done.cancelled():
+        future.cancel()
+    elif done.exception() is None:
+        future.set_result(None)
+    else:
+        future.set_exception(done.exception())  # type: ignore[arg-type]
+
+
 class Intake:
     """The thread-safe buffer of accepted events not yet in the outbox.
 
@@ -247,9 +258,18 @@ class Intake:
         # drop_oldest: accept; the writer task drops the oldest rows after appending.
 
     async def put_async(
-        self, event: Event, *, wait_committed: bool, sinks: frozenset[str] | None = None
-    ) -> None:
-        """Accept ``event`` on the loop thread; optionally wait until it is committed."""
+        self,
+        event: Event,
+        *,
+        wait_committed: bool,
+        sinks: frozenset[str] | None = None,
+        wake: bool = True,
+    ) -> asyncio.Future[None] | None:
+        """Accept ``event`` on the loop thread; with ``wait_committed`` return the future of
+        its group's commit (to be awaited shielded), else ``None``.
+
+        ``wake=False``: the caller stores the buffer itself, or wakes the writer if it cannot.
+        """
         copies = None if sinks is None else len(sinks)
         size = self._size(event, copies)
         while True:
@@ -265,16 +285,15 @@ class Intake:
                     if full and self.overflow == "drop_newest":
                         self.count_drop("overflow", 1)
                         raise OverflowDropped(self._describe_full(copies))
-                    wake = self._accept(event, size, sinks)
+                    became_busy = self._accept(event, size, sinks)
                     if wait_committed and self._group is None:
                         self._group = asyncio.get_running_loop().create_future()
                     group = self._group
                     break
             await self.capacity.wait_for_space_async()
-        if wake:
+        if became_busy and wake:
             self._wake()
-        if wait_committed and group is not None:
-            await asyncio.shield(group)
+        return group if wait_committed else None
 
     # -- the loop side ---------------------------------------------------------------------
 
@@ -288,6 +307,21 @@ class Intake:
             routes, self._routes = self._routes, {}
             group, self._group = self._group, None
         return events, routes, group
+
+    def untake(
+        self,
+        events: list[Event],
+        routes: dict[int, frozenset[str]],
+        group: asyncio.Future[None] | None,
+    ) -> None:
+        """Put back what :meth:`take` returned, ahead of anything buffered since."""
+        with self._lock:
+            self._buffer[:0] = events
+            self._routes.update(routes)
+            if group is not None:
+                later, self._group = self._group, group
+                if later is not None:  # settle the later group's waiters with this one
+                    group.add_done_callback(lambda done: _settle_like(later, done))
 
     def committed(self, count: int) -> None:
         """The writer has committed (or dropped) ``count`` taken events: make room."""

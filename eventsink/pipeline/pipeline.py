@@ -188,6 +188,7 @@ class Pipeline:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lane_tasks: list[asyncio.Task[None]] = []
         self._writer_task: asyncio.Task[None] | None = None
+        self._appending = False  # the writer has taken events and not finished storing them
         self.started_at: float | None = None
         self.closed = False
         #: Why the outbox cannot be written now (``None`` while it can), for status pages.
@@ -318,9 +319,14 @@ class Pipeline:
         if event is None:
             self.intake.count_drop("filtered", 1)
             return None
-        await self.intake.put_async(
-            event, wait_committed=wait_committed and self.outbox.durable, sinks=chosen
+        durable = wait_committed and self.outbox.durable
+        group = await self.intake.put_async(
+            event, wait_committed=durable, sinks=chosen, wake=not durable
         )
+        if group is not None:
+            if not self._append_now():
+                self._wake_from_any_thread()
+            await asyncio.shield(group)
         return event.id
 
     def choose_sinks(self, sinks: Collection[str] | None) -> frozenset[str] | None:
@@ -366,30 +372,66 @@ class Pipeline:
 
     async def _append_buffered(self) -> None:
         """Store one group of taken events; never retry one forever (a stall blocks all)."""
+        self._appending = True
+        try:
+            events, routes, group = self.intake.take()
+            error: OutboxError | None = None
+            if events:
+                storable = (
+                    self._set_aside_unstorable(events, routes)
+                    if self.outbox.serialises_on_append
+                    else events
+                )
+                batches = self._by_destination(storable, routes)
+                stored, error = await self._store(batches, len(storable))
+                self._appended(len(events), stored)
+                if stored is not None and self.settings.overflow == "drop_oldest":
+                    try:
+                        await self._drop_oldest()
+                    except Exception:  # the next append tries again; the writer must go on
+                        logger.exception("eventsink could not drop the oldest events")
+            if group is not None and not group.done():
+                if error is None:
+                    group.set_result(None)
+                else:
+                    group.set_exception(error)
+                    group.add_done_callback(lambda done: done.exception())  # seen by no one
+        finally:
+            self._appending = False
+
+    def _append_now(self) -> bool:
+        """Store the buffered events at once, on the calling task, if the outbox can commit
+        them without waiting (:meth:`~eventsink.outbox.Outbox.append_now`); False when it
+        cannot, and nothing changed: the writer task stores them.
+
+        A request waiting for its own event's commit then skips two hops through the event
+        loop, each of which waits behind every other request's ready work. Anything out of
+        the ordinary (data that cannot be stored, a full disk, an outbox the writer is still
+        recovering, ``drop_oldest``) is left to the writer, which retries and reports.
+        """
+        if self._appending or self.outbox_error is not None:
+            return False
+        if self.settings.overflow == "drop_oldest":
+            return False
         events, routes, group = self.intake.take()
-        error: OutboxError | None = None
-        if events:
-            storable = (
-                self._set_aside_unstorable(events, routes)
-                if self.outbox.serialises_on_append
-                else events
-            )
-            stored, error = await self._store(self._by_destination(storable, routes), len(storable))
-            self.intake.committed(len(events))
-            if stored is not None:
-                for lane in self.lanes.values():
-                    lane.notify_held(stored.get(lane.destination, 0))
-            if stored is not None and self.settings.overflow == "drop_oldest":
-                try:
-                    await self._drop_oldest()
-                except Exception:  # the next append tries again; the writer must go on
-                    logger.exception("eventsink could not drop the oldest events")
+        try:
+            stored = self.outbox.append_now(self._by_destination(events, routes), self._keys)
+        except Exception:
+            stored = None
+        if stored is None:
+            self.intake.untake(events, routes, group)
+            return False
+        self._appended(len(events), stored)
         if group is not None and not group.done():
-            if error is None:
-                group.set_result(None)
-            else:
-                group.set_exception(error)
-                group.add_done_callback(lambda done: done.exception())  # seen by no one: fine
+            group.set_result(None)
+        return True
+
+    def _appended(self, taken: int, stored: Mapping[str, int] | None) -> None:
+        """``taken`` events left the intake; ``stored``: how many each lane holds now."""
+        self.intake.committed(taken)
+        if stored is not None:
+            for lane in self.lanes.values():
+                lane.notify_held(stored.get(lane.destination, 0))
 
     def _by_destination(
         self, events: list[Event], routes: Mapping[int, frozenset[str]]
