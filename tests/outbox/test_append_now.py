@@ -5,7 +5,11 @@ and leaves everything else to the writer task: nothing is lost, doubled or reord
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
 
 from eventsink.outbox.sqlite import SQLiteOutbox
 from eventsink.testing import async_wait_until
@@ -18,6 +22,33 @@ def stored_ids(path) -> list[str]:
         return [
             row[0] for row in connection.execute("select id from eventsink_outbox order by seq")
         ]
+
+
+# Another process writing the shared outbox: it holds SQLite's write lock until told to stop.
+HOLD_THE_LOCK = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("begin immediate")
+print("locked", flush=True)
+sys.stdin.readline()
+connection.execute("rollback")
+"""
+
+
+@contextlib.contextmanager
+def another_process_writing(path) -> Iterator[None]:
+    """Hold ``path``'s write lock in a second process for the ``with`` block."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline() == "locked\n"
+        yield
+    finally:
+        process.communicate("\n", timeout=10)
 
 
 class CountingOutbox(SQLiteOutbox):
@@ -86,13 +117,10 @@ class TestAppendNow:
         pipeline = gated_pipeline(outbox)
         await pipeline.start()
         await pipeline.write_async("t", {"n": 0})
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("begin immediate")  # another process writing the shared outbox
-        write = asyncio.ensure_future(pipeline.write_async("t", {"n": 1}))
-        await asyncio.sleep(0.3)
-        assert not write.done()  # not stored yet, so the caller still waits
-        other.execute("rollback")
-        other.close()
+        with another_process_writing(path):
+            write = asyncio.ensure_future(pipeline.write_async("t", {"n": 1}))
+            await asyncio.sleep(0.3)
+            assert not write.done()  # not stored yet, so the caller still waits
         second = await asyncio.wait_for(write, 10)
         assert stored_ids(path)[-1] == second
         assert outbox.later == 1
@@ -117,14 +145,13 @@ class TestAppendNow:
         outbox = CountingOutbox(path)
         pipeline = gated_pipeline(outbox)
         await pipeline.start()
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("begin immediate")
-        write = asyncio.ensure_future(pipeline.write_async("t", {"n": 1}))
-        await asyncio.sleep(0.1)
-        write.cancel()
-        other.execute("rollback")
-        other.close()
-        await async_wait_until(lambda: len(stored_ids(path)) == 1, timeout=10)
+        with another_process_writing(path):
+            write = asyncio.ensure_future(pipeline.write_async("t", {"n": 1}))
+            await asyncio.sleep(0.1)
+            write.cancel()
+        # The writer's commit is seen in the file a moment before the loop settles its count.
+        await async_wait_until(lambda: not pipeline._appending and not len(pipeline.intake))
+        assert len(stored_ids(path)) == 1
         assert pipeline.intake.uncommitted == 0
         pipeline.sinks["memory"].gate.set()
         await pipeline.close()
