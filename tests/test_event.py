@@ -231,3 +231,20 @@ class TestIds:
         assert parse_ulid_or_time(some.lower()) == some
         with pytest.raises(ValueError, match="neither a ULID"):
             parse_ulid_or_time("yesterday")
+
+
+def test_data_json_keeps_no_more_memory_than_its_length():
+    """orjson's result keeps its 4 KB write buffer; a held event keeps an exact copy."""
+    import tracemalloc
+
+    events = [Event(f"{n:026d}", "t", "i", "c", {"path": "/db/table", "n": n}) for n in range(1000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for event in events:
+            event.data_json()
+        per_event = (tracemalloc.get_traced_memory()[0] - before) / len(events)
+    finally:
+        tracemalloc.stop()
+    assert per_event < 200
+    assert orjson.loads(events[7].data_json()) == {"path": "/db/table", "n": 7}

@@ -43,9 +43,12 @@ class Leased:
     def split(self) -> tuple[Leased, Leased]:
         """Two halves of this batch, each keeping the failure history."""
         middle = len(self.events) // 2
-        return (
-            Leased(self.events[:middle], self.handles[:middle], self.attempts, self.first_failure),
-            Leased(self.events[middle:], self.handles[middle:], self.attempts, self.first_failure),
+        return self.part(0, middle), self.part(middle)
+
+    def part(self, start: int, stop: int | None = None) -> Leased:
+        """The events from ``start`` to ``stop`` (a slice), keeping the failure history."""
+        return Leased(
+            self.events[start:stop], self.handles[start:stop], self.attempts, self.first_failure
         )
 
     def subset(self, indexes: Sequence[int]) -> Leased:

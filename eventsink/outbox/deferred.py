@@ -77,7 +77,7 @@ class DeferredOutbox(SQLiteOutbox):
         if not missing:
             return
         events = [leased.events[index] for index in missing]
-        last = (await self._insert({destination: events}, [destination]))[destination]
+        last, _ = (await self._insert({destination: events}, [destination]))[destination]
         for index, seq in zip(missing, range(last - len(events) + 1, last + 1), strict=True):
             handles[index] = seq
         leased.handles = handles

@@ -132,9 +132,12 @@ ACK_DELAY = 0.01  # seconds an acked row may wait for its delete to join another
 #: thread hops; larger groups go to the thread, not to hold up the loop.
 SMALL_APPEND = 16
 _INSERT_ROWS = 100  # rows per multi-row insert: 700 parameters, under the old limit of 999
-#: Events leased at append that a destination's lane keeps in memory by default: while its
-#: sink keeps up, events are sent from memory; behind that, read back by primary key.
-HELD_IN_MEMORY = 5_000
+#: Events leased at append that a destination's lane keeps in memory, at most, and the bytes of
+#: their data: while its sink keeps up, events are sent from memory; behind that, read back by
+#: primary key. A small event takes about 550 bytes in memory; a writer outrunning a fast sink
+#: (the null sink) keeps 5,000-10,000 waiting, and every event read back costs a select.
+HELD_IN_MEMORY = 20_000
+HELD_IN_MEMORY_BYTES = 8 * 1024 * 1024
 
 
 @cache
@@ -445,6 +448,7 @@ class SQLiteOutbox(Outbox):
     default_max_events = 1_000_000
     #: Events leased at append kept in memory per destination; the rest are read back.
     held_in_memory = HELD_IN_MEMORY
+    held_in_memory_bytes = HELD_IN_MEMORY_BYTES
 
     def __init__(
         self,
@@ -550,7 +554,7 @@ class SQLiteOutbox(Outbox):
         async def read_back(first: int, last: int, limit: int) -> Leased | None:
             return await self.read_leased(destination, first, last, limit)
 
-        return HeldEvents(self.held_in_memory, read_back)
+        return HeldEvents(self.held_in_memory, read_back, in_memory_bytes=self.held_in_memory_bytes)
 
     async def append_by_destination(
         self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
@@ -559,7 +563,7 @@ class SQLiteOutbox(Outbox):
 
     async def _insert(
         self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
-    ) -> dict[str, int]:
+    ) -> dict[str, tuple[int, int]]:
         """Insert each destination's events in one transaction (see :meth:`_insert_job`)."""
         rows = sum(len(events) for events in batches.values())
         return await self._run(self._insert_job(batches, lease_for), small=rows <= SMALL_APPEND)
@@ -570,26 +574,28 @@ class SQLiteOutbox(Outbox):
         rows = sum(len(events) for events in batches.values())
         if rows > SMALL_APPEND or self._acked:  # acked rows: deleted by the outbox thread
             return None
-        done, lasts = self.runner.run_now(self._insert_job(batches, lease_for))
-        return self._hold(batches, lasts) if done else None
+        done, inserted = self.runner.run_now(self._insert_job(batches, lease_for))
+        return self._hold(batches, inserted) if done else None
 
-    def _hold(self, batches: Mapping[str, Sequence[Event]], lasts: Any) -> dict[str, int]:
-        """Add the events just inserted for the destinations in ``lasts`` (each one's last new
-        rowid) to their held events; return how many were held, by destination."""
+    def _hold(
+        self, batches: Mapping[str, Sequence[Event]], inserted: Mapping[str, tuple[int, int]]
+    ) -> dict[str, int]:
+        """Add the events just inserted for the destinations in ``inserted`` (each one's last
+        new rowid and data bytes) to their held events; return how many, by destination."""
         held = {}
-        for destination, last in lasts.items():
+        for destination, (last, size) in inserted.items():
             events = batches[destination]
             # One writer inside one transaction: the rowids just made are contiguous.
-            self.held(destination).add(events, range(last - len(events) + 1, last + 1))
+            self.held(destination).add(events, range(last - len(events) + 1, last + 1), size)
             held[destination] = len(events)
         return held
 
     def _insert_job(
         self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
-    ) -> Callable[[sqlite3.Connection], dict[str, int]]:
+    ) -> Callable[[sqlite3.Connection], dict[str, tuple[int, int]]]:
         """The work of inserting each destination's events in one transaction, leased to this
         process for the destinations in ``lease_for``; it returns the last new rowid of each
-        of those."""
+        of those and the bytes of their data."""
         # One flat list of column values per distinct list of events, built once (every
         # destination usually shares one list): a multi-row statement takes slices of it,
         # with no tuple per row.
@@ -609,8 +615,8 @@ class SQLiteOutbox(Outbox):
         owner = self.owner
         width = 7
 
-        def insert(connection: sqlite3.Connection) -> dict[str, int]:
-            lasts = {}
+        def insert(connection: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+            inserted = {}
             for destination, events in batches.items():
                 count = len(events)
                 if not count:
@@ -631,8 +637,8 @@ class SQLiteOutbox(Outbox):
                         _insert_sql(rows), params[start * width : (start + rows) * width]
                     )
                 if holder is not None:
-                    lasts[destination] = cursor.lastrowid
-            return lasts
+                    inserted[destination] = (cursor.lastrowid, sum(map(len, columns[4::5])))
+            return inserted
 
         return insert
 

@@ -56,15 +56,26 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(in_memory=st.one_of(st.none(), st.integers(0, 50)), steps=operations)
-def test_held_events_come_out_in_order_exactly_once(in_memory, steps):
-    """Whatever the bound and the order of calls, every held event is taken once, oldest
-    first, or counted as vanished, and adding never grows memory past the bound."""
+def data_bytes(events: list[Event]) -> int:
+    return sum(len(event.data_json()) for event in events)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    in_memory=st.one_of(st.none(), st.integers(0, 50)),
+    in_memory_bytes=st.one_of(st.none(), st.integers(0, 400)),
+    steps=operations,
+)
+def test_held_events_come_out_in_order_exactly_once(in_memory, in_memory_bytes, steps):
+    """Whatever the bounds and the order of calls, every held event is taken once, oldest
+    first, or counted as vanished, and adding never grows memory past the bounds."""
+    bounded = in_memory is not None or in_memory_bytes is not None
 
     async def run() -> None:
         rows = Rows()
-        held = HeldEvents(in_memory, rows.read_back if in_memory is not None else None)
+        held = HeldEvents(
+            in_memory, rows.read_back if bounded else None, in_memory_bytes=in_memory_bytes
+        )
         added = 0
         taken: list[int] = []  # handles taken and not put back, in the order taken
         vanished = 0
@@ -83,7 +94,8 @@ def test_held_events_come_out_in_order_exactly_once(in_memory, steps):
 
         def add(count: int) -> None:
             nonlocal added
-            held.add(*rows.append(count))
+            events, handles = rows.append(count)
+            held.add(events, handles, data_bytes(events))
             added += count
 
         for name, number in steps:
@@ -93,11 +105,12 @@ def test_held_events_come_out_in_order_exactly_once(in_memory, steps):
                 await asyncio.gather(take("take", number), take("take_oldest", number))
                 last = None
             elif name == "add":
-                before = held._hot_count
-                held.add(*rows.append(number))
-                added += number
-                if in_memory is not None:  # memory grows only up to the bound
+                before, before_bytes = held._hot_count, held._hot_bytes
+                add(number)
+                if in_memory is not None:  # memory grows only up to the bounds
                     assert held._hot_count <= max(before, in_memory)
+                if in_memory_bytes is not None:
+                    assert held._hot_bytes <= max(before_bytes, in_memory_bytes)
             elif name in ("take", "take_oldest"):
                 await take(name, number)
             elif name == "put_back" and last is not None:
@@ -116,7 +129,7 @@ def test_held_events_come_out_in_order_exactly_once(in_memory, steps):
         assert await held.take(7) is None
         assert taken == sorted(set(taken))  # oldest first, none twice
         assert len(taken) + vanished == added  # none lost unaccounted
-        if in_memory is None:
+        if not bounded:
             assert vanished == 0 and rows.reads == 0
 
     asyncio.run(run())
@@ -160,3 +173,40 @@ def test_without_read_back_everything_stays_in_memory():
     rows = Rows()
     held.add(*rows.append(100_000))
     assert (len(held), held.spilled) == (100_000, 0)
+
+
+def test_the_byte_bound_spills_large_events_early():
+    async def run() -> None:
+        rows = Rows()
+        held = HeldEvents(1000, rows.read_back, in_memory_bytes=60)
+        for _ in range(4):
+            events, handles = rows.append(4)  # about 30 bytes of data each time
+            held.add(events, handles, data_bytes(events))
+        assert held._hot_count == 8 and held.spilled == 8
+        assert held._hot_bytes <= 60
+        taken = await held.take(100)
+        assert taken is not None and list(taken.handles) == list(range(1, 9))
+        assert held._hot_bytes == 0  # nothing in memory counts nothing
+
+    asyncio.run(run())
+
+
+def test_one_read_back_serves_several_batches():
+    """Spilled events are read back many at a time (one outbox transaction), not a batch
+    at a time; the rest wait in memory, within the bound."""
+
+    async def run() -> None:
+        rows = Rows()
+        held = HeldEvents(500, rows.read_back)
+        held.add(*rows.append(2_000))  # more than the bound: all spilled
+        assert held.spilled == 2_000
+        taken = []
+        while len(held):
+            leased = await held.take(100)
+            assert leased is not None
+            taken += leased.handles
+            assert held._hot_count <= 500
+        assert taken == list(range(1, 2_001))
+        assert rows.reads == 4  # 500 at a time: the bound, under READ_BACK (1,000)
+
+    asyncio.run(run())
