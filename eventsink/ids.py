@@ -22,9 +22,10 @@ from datetime import datetime, timezone
 from ulid import ULID
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_PAIRS = [a + b for a in CROCKFORD for b in CROCKFORD]  # every 10-bit value as two characters
+PAIRS = [a + b for a in CROCKFORD for b in CROCKFORD]  # every 10-bit value as two characters
 _LOW_BITS = 50  # the part that is incremented: ten characters
 _LOW_SEED_MASK = (1 << (_LOW_BITS - 1)) - 1  # seed with the top bit clear: 2**49 increments fit
+_TAIL_MASK = (1 << 20) - 1  # the low bits of the last four characters, encoded per id
 _SEED_BYTES = 10  # 80 random bits per millisecond
 _POOL_SEEDS = 512  # seeds drawn from the OS at once
 _forks = 0  # a forked child must not reuse the random bytes its parent drew
@@ -39,18 +40,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
 
-def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+def encode(value: int, length: int) -> str:
+    """``value`` as ``length`` Crockford base-32 characters (``length`` even: by pairs)."""
+    return "".join([PAIRS[(value >> shift) & 1023] for shift in range(5 * length - 10, -1, -10)])
 
 
 def format_created(ms: int) -> str:
     """Format a Unix time in milliseconds as UTC ISO-8601 with milliseconds."""
     moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
     return moment.isoformat(timespec="milliseconds")
+
+
+_MILLISECONDS = [f".{ms:03d}+00:00" for ms in range(1000)]  # the end of format_created's text
 
 
 class IdGenerator:
@@ -64,7 +65,10 @@ class IdGenerator:
         self._ms = -1
         self._prefix = ""  # 10 timestamp characters + 6 characters of high random bits
         self._low = 0
+        self._head = ""  # the id but for its last four characters, which most ids change alone
         self._created = ""
+        self._second = -1  # the second whose text begins self._created
+        self._second_text = ""
         self._pool = b""
         self._pool_at = 0
         self._pool_forks = _forks
@@ -85,9 +89,13 @@ class IdGenerator:
     def _reseed(self, ms: int) -> None:
         random_bits = self._random_bits()
         self._ms = ms
-        self._prefix = _encode(ms, 10) + _encode(random_bits >> _LOW_BITS, 6)
+        self._prefix = encode(ms, 10) + encode(random_bits >> _LOW_BITS, 6)
         self._low = random_bits & _LOW_SEED_MASK
-        self._created = format_created(ms)
+        self._head = self._prefix + encode(self._low >> 20, 6)
+        second, millisecond = divmod(ms, 1000)
+        if second != self._second:  # formatted once a second, not once a millisecond
+            self._second, self._second_text = second, format_created(second * 1000)[:-10]
+        self._created = self._second_text + _MILLISECONDS[millisecond]
 
     def now(self) -> str:
         """The ``created`` time of this millisecond, for an event whose id is given."""
@@ -106,18 +114,13 @@ class IdGenerator:
                 # Same millisecond, or the clock stepped back: stay on the last millisecond
                 # and increment so the order is kept.
                 self._low += 1
-                if self._low >> _LOW_BITS:
-                    self._reseed(self._ms + 1)
-            low, prefix, created = self._low, self._prefix, self._created
-        pairs = _PAIRS
-        return (
-            prefix
-            + pairs[low >> 40]
-            + pairs[(low >> 30) & 1023]
-            + pairs[(low >> 20) & 1023]
-            + pairs[(low >> 10) & 1023]
-            + pairs[low & 1023]
-        ), created
+                if not self._low & _TAIL_MASK:  # carried into the head's characters
+                    if self._low >> _LOW_BITS:
+                        self._reseed(self._ms + 1)
+                    else:
+                        self._head = self._prefix + encode(self._low >> 20, 6)
+            low, head, created = self._low, self._head, self._created
+        return head + PAIRS[(low >> 10) & 1023] + PAIRS[low & 1023], created
 
 
 def ulid_floor(moment: datetime) -> str:
@@ -125,7 +128,7 @@ def ulid_floor(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("a time without a timezone is ambiguous; add one, e.g. +00:00")
     ms = int(moment.timestamp() * 1000)
-    return _encode(ms, 10) + "0" * 16
+    return encode(ms, 10) + "0" * 16
 
 
 def parse_ulid_or_time(text: str) -> str:

@@ -13,9 +13,10 @@ import orjson
 import pytest
 from ulid import ULID
 
+from eventsink import ids as ids_module
 from eventsink.event import MAX_DEPTH, Event, normalise
 from eventsink.exceptions import EventError
-from eventsink.ids import IdGenerator, parse_ulid_or_time, ulid_floor
+from eventsink.ids import IdGenerator, format_created, parse_ulid_or_time, ulid_floor
 
 
 class Colour(enum.Enum):
@@ -205,6 +206,37 @@ class TestIds:
         assert len(set(every)) == 20_000
         for ids in results.values():
             assert ids == sorted(ids)
+
+    @pytest.mark.parametrize(
+        "low",
+        [(1 << 20) - 3, (1 << 30) - 3, (1 << 40) - 3, (1 << 50) - 3],
+        ids=["carry into the head", "carry further", "carry further still", "overflow"],
+    )
+    def test_increasing_across_carries(self, low, monkeypatch):
+        """Most ids re-encode only their last four characters; a carry past them, or past
+        all 50 incremented bits, still gives the full id, valid and increasing."""
+        generator = IdGenerator()
+        first, created = generator.new()
+        frozen = ULID.from_str(first).timestamp  # seconds: the same millisecond from now on
+        monkeypatch.setattr("eventsink.ids.time.time_ns", lambda: int(frozen * 1000) * 10**6)
+        generator._low = low
+        generator._head = generator._prefix + ids_module.encode(low >> 20, 6)
+        made = [generator.new() for _ in range(6)]
+        ids = [event_id for event_id, _ in made]
+        assert ids == sorted(set(ids))
+        for event_id, when in made:
+            parsed = ULID.from_str(event_id)
+            assert parsed.datetime.isoformat(timespec="milliseconds") == when
+            low_bits = int.from_bytes(parsed.bytes, "big") & ((1 << 50) - 1)
+            if low < (1 << 50) - 6:
+                assert when == created
+                assert low_bits == generator._low - (5 - made.index((event_id, when)))
+
+    def test_created_matches_the_time_across_seconds(self):
+        generator = IdGenerator()
+        for ms in (1_733_570_000_999, 1_733_570_001_000, 1_733_570_001_001, 1_767_225_599_999):
+            generator._reseed(ms)
+            assert generator._created == format_created(ms)
 
     @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
     def test_a_forked_child_draws_random_bits_of_its_own(self):

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from ..event import INT_MAX, INT_MIN
-from ..ids import CROCKFORD
+from ..ids import PAIRS, encode
 
 FORMATS = ("auto", "jsonl", "json", "csv")
 _ENVELOPE_KEYS = frozenset({"id", "table", "instance", "created", "data"})
@@ -67,13 +67,6 @@ class Malformed:
     text: bytes = b""
 
 
-_PAIRS = [a + b for a in CROCKFORD for b in CROCKFORD]  # every 10-bit value as two characters
-
-
-def _encode(value: int, length: int) -> str:
-    return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(5 * (length - 1), -1, -5))
-
-
 class StableIds:
     """ULIDs for the records of one file, the same every time the unchanged file is read.
 
@@ -85,7 +78,7 @@ class StableIds:
     def __init__(self, identity: os.stat_result) -> None:
         key = f"{identity.st_dev}:{identity.st_ino}:{identity.st_size}:{identity.st_mtime_ns}"
         high = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") >> 2
-        self._prefix = _encode(identity.st_mtime_ns // 1_000_000, 10) + _encode(high, 6)
+        self._prefix = encode(identity.st_mtime_ns // 1_000_000, 10) + encode(high, 6)
 
     @classmethod
     def of(cls, stream: BinaryIO) -> StableIds | None:
@@ -98,7 +91,7 @@ class StableIds:
 
     def __call__(self, position: int) -> str:
         """The id of the record at ``position`` (0 for the first) in the file."""
-        low, pairs = position & ((1 << 50) - 1), _PAIRS
+        low, pairs = position & ((1 << 50) - 1), PAIRS
         return (
             self._prefix
             + pairs[low >> 40]
