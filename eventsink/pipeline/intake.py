@@ -225,7 +225,7 @@ class Intake:
         ``sinks`` names the sinks it goes to when not every sink (checked by the pipeline).
         """
         copies = None if sinks is None else len(sinks)
-        size = self._size(event, copies)
+        size = 0 if self.capacity.max_bytes is None else self._size(event, copies)
         with self._lock:
             if self.closed:
                 raise ClosedError("the pipeline is closed and accepts no more events")

@@ -291,7 +291,7 @@ class Pipeline:
         ``sinks`` names the sinks it goes to (by their configured names) when not all of them.
         Never waits on the network. With ``overflow: block`` it waits for room in the outbox.
         """
-        chosen = self.choose_sinks(sinks)
+        chosen = None if sinks is None else self.choose_sinks(sinks)
         event = self.factory.make(table, data, created=created, event_id=event_id)
         if event is None:
             self.intake.count_drop("filtered", 1)
