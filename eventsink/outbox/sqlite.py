@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 from ..event import Event
 from ..exceptions import ConfigError
 from ..pipeline.threads import WorkerThreads
-from ..sqlite_files import BUSY_TIMEOUT, connect
+from ..sqlite_files import connect
 from .base import DeadLetter, Failure, Leased, Outbox, SinkBacklog
 from .held import HeldEvents
 
@@ -314,9 +314,10 @@ class ThreadRunner(Runner):
     Small work (a few rows, ``small=True``) that finds the thread idle runs at once on the
     calling thread instead, if it can take the write lock without waiting: two thread hops
     cost more than inserting a row, and a request waiting for its event's commit feels each
-    hop. It never waits for a lock there (another writer: the thread does it) and never
-    checkpoints the WAL there (the thread's next commit does), so the event loop is not held
-    up; with ``durability: fsync`` every commit waits for the disk, so nothing runs inline.
+    hop. It runs there on a second connection that never waits for a lock (another writer:
+    the thread does it) and never checkpoints the WAL (the thread's next commit does), so the
+    event loop is not held up; with ``durability: fsync`` every commit waits for the disk, so
+    nothing runs inline.
     """
 
     def __init__(self, path: str, *, durability: str = "normal") -> None:
@@ -324,7 +325,8 @@ class ThreadRunner(Runner):
         self._durability = durability
         self._thread = WorkerThreads(1, "eventsink-outbox")
         self._connection: sqlite3.Connection | None = None
-        self._lock = threading.Lock()  # one user of the connection at a time
+        self._inline: sqlite3.Connection | None = None  # for run_now, made by the thread
+        self._lock = threading.Lock()  # one transaction of this runner at a time
         self._queued = 0  # calls handed to the thread and not finished
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -336,6 +338,11 @@ class ThreadRunner(Runner):
             self._connection = connect(
                 self.path, durability=self._durability, check_same_thread=False
             )
+            if self._durability != "fsync":
+                inline = connect(self.path, durability=self._durability, check_same_thread=False)
+                inline.execute("pragma busy_timeout = 0")
+                inline.execute("pragma wal_autocheckpoint = 0")
+                self._inline = inline
         connection = self._connection
         connection.execute("begin immediate")
         return _commit_after(connection, fn)
@@ -352,29 +359,24 @@ class ThreadRunner(Runner):
             self._queued -= 1
 
     def run_now(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
-        connection = self._connection
-        if self._durability == "fsync" or self._queued or connection is None:
-            return False, None
-        if not self._lock.acquire(blocking=False):
+        connection = self._inline
+        if self._queued or connection is None or not self._lock.acquire(blocking=False):
             return False, None
         try:
-            connection.execute("pragma busy_timeout = 0")
-            connection.execute("pragma wal_autocheckpoint = 0")
             try:
                 connection.execute("begin immediate")
             except sqlite3.OperationalError:  # another writer holds the lock: not here
                 return False, None
             return True, _commit_after(connection, fn)
         finally:
-            connection.execute(f"pragma busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            connection.execute("pragma wal_autocheckpoint = 1000")
             self._lock.release()
 
     def _close(self) -> None:
         with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+            for connection in (self._connection, self._inline):
+                if connection is not None:
+                    connection.close()
+            self._connection = self._inline = None
 
     async def close(self) -> None:
         await self._thread.run(self._close)
