@@ -27,6 +27,8 @@ serves, so ``datasette create-token`` and other commands that only run ``startup
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import json
 import logging
 import re
@@ -38,6 +40,7 @@ from typing import Any
 
 import datasette as datasette_package
 from datasette import hookimpl
+from datasette.events import Event as DatasetteEvent
 from datasette.permissions import Action
 from datasette.plugins import pm as datasette_pm
 from datasette.utils import StartupError
@@ -492,9 +495,35 @@ def _start_in_background(datasette: Any, state: PluginState) -> None:
     task.add_done_callback(done)
 
 
+_PLAIN_VALUES = (str, int, float, bool, type(None))
+
+
+@functools.cache
+def _property_names(cls: type) -> tuple[str, ...] | None:
+    """The fields ``Event.properties()`` returns for events of ``cls``; ``None`` when ``cls``
+    computes its properties some other way."""
+    if cls.properties is not DatasetteEvent.properties or not dataclasses.is_dataclass(cls):
+        return None
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("actor", "created"))
+
+
+def event_properties(event: Any) -> dict[str, Any]:
+    """``event.properties()``, without its deep copy when every value is a plain one.
+
+    Datasette's ``properties()`` is ``dataclasses.asdict``, which deep-copies the event and its
+    actor: 15-20 µs of every request that tracks an event, for values that are only read.
+    """
+    names = _property_names(type(event))
+    if names is not None:
+        properties = {name: getattr(event, name) for name in names}
+        if all(type(value) in _PLAIN_VALUES for value in properties.values()):
+            return properties
+    return event.properties()
+
+
 def event_row(event: Any) -> dict[str, Any]:
     """The data of a Datasette event, in the columns datasette-events-forward used."""
-    properties = event.properties()
+    properties = event_properties(event)
     database = properties.pop("database", None)
     table = properties.pop("table", None)
     actor = event.actor

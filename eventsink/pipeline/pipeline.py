@@ -314,7 +314,7 @@ class Pipeline:
 
         ``sinks`` as for :meth:`write`.
         """
-        chosen = self.choose_sinks(sinks)
+        chosen = None if sinks is None else self.choose_sinks(sinks)
         event = self.factory.make(table, data, created=created, event_id=event_id)
         if event is None:
             self.intake.count_drop("filtered", 1)

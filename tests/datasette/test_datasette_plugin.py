@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from datasette.app import Datasette
 
+from eventsink.datasette import plugin
 from eventsink.datasette.plugin import PluginConfigError, get_pipeline, get_state
 from eventsink.testing.receiver import DatasetteReceiver
 
@@ -312,3 +314,63 @@ class TestTwoServers:
             rows = wait_until(lambda: (r := receiver.rows(table)) and len(r) >= 2001 and r, 15)
         assert len(rows) == 2001 and len({row["id"] for row in rows}) == 2001
         assert sorted({row["event"] for row in rows}) == ["create-table", "insert-rows"]
+
+
+class TestEventProperties:
+    """The plugin reads an event's properties without Datasette's deep copy, with the same
+    result for every event Datasette defines, and falls back to properties() otherwise."""
+
+    @staticmethod
+    def every_event_class() -> list[type]:
+        import datasette.events
+
+        return [
+            cls
+            for cls in vars(datasette.events).values()
+            if isinstance(cls, type)
+            and issubclass(cls, datasette.events.Event)
+            and cls is not datasette.events.Event
+        ]
+
+    @pytest.mark.parametrize("plain", [True, False], ids=["plain values", "nested values"])
+    def test_same_as_properties_for_every_datasette_event(self, plain):
+        classes = self.every_event_class()
+        assert len(classes) >= 10
+        for cls in classes:
+            values = {}
+            for n, field in enumerate(f for f in dataclasses.fields(cls) if f.init):
+                if field.name == "actor":
+                    values["actor"] = {"id": "root", "roles": ["admin"]}
+                elif plain:
+                    values[field.name] = [f"v{n}", n, 1.5, True, None][n % 5]
+                else:
+                    values[field.name] = {"nested": [n, {"deeper": n}]}
+            event = cls(**values)
+            assert plugin.event_properties(event) == event.properties(), cls.__name__
+
+    def test_a_class_with_its_own_properties_is_asked(self):
+        from datasette.events import Event as DatasetteEvent
+
+        @dataclasses.dataclass
+        class Custom(DatasetteEvent):
+            name = "custom"
+            size: int
+
+            def properties(self):
+                return {"size": self.size * 2}
+
+        assert plugin.event_properties(Custom(actor=None, size=3)) == {"size": 6}
+
+    def test_plain_values_are_read_as_they_are(self):
+        from datasette.events import InsertRowsEvent
+
+        event = InsertRowsEvent(
+            actor={"id": "root"}, database="d", table="t", num_rows=1, ignore=False, replace=False
+        )
+        assert plugin.event_properties(event) == {
+            "database": "d",
+            "table": "t",
+            "num_rows": 1,
+            "ignore": False,
+            "replace": False,
+        }
