@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import operator
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -161,6 +163,18 @@ async def delivery(
         server.close()
 
 
+def paired(
+    runs: list[tuple[float, float]],
+    baseline: list[tuple[float, float]],
+    index: int,
+    combine: Callable[[float, float], float],
+) -> float:
+    """The median over rounds of ``combine`` of a run's measure ``index`` and its baseline's
+    in the same round."""
+    pairs = zip(runs, baseline, strict=True)
+    return statistics.median(combine(run[index], base[index]) for run, base in pairs)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=960, help="Per round and sender.")
@@ -204,11 +218,15 @@ async def main() -> None:
             try:
                 for server in senders.values():  # warm up: first requests pay for imports
                     await drive(server, 100, 1)
+                names = list(senders)
                 for clients in clients_list:
-                    for _ in range(args.rounds):
-                        for name, server in senders.items():
+                    for round_number in range(args.rounds):
+                        # Each round drives every sender once, in an order rotated from round
+                        # to round, so no sender always follows the same one.
+                        shift = round_number % len(names)
+                        for name in names[shift:] + names[:shift]:
                             runs = results.setdefault((name, clients), [])
-                            runs.append(await drive(server, args.requests, clients))
+                            runs.append(await drive(senders[name], args.requests, clients))
             finally:
                 for server in senders.values():
                     server.close()
@@ -222,23 +240,29 @@ async def main() -> None:
                 f"({where})"
             )
             print(
+                "  (ratios and Δp50: the median over rounds of each round's own ratio and"
+                " difference, which a drift of the machine's speed between rounds cancels)"
+            )
+            print(
                 "  clients   off req/s  on req/s  on÷off   p50 off  p50 on   Δp50"
                 "   fsync req/s  fsync÷off"
             )
             for clients in clients_list:
-                rate = {
-                    name: statistics.median(r[0] for r in results[(name, clients)])
-                    for name in senders
-                }
-                p50 = {
-                    name: statistics.median(r[1] for r in results[(name, clients)])
-                    for name in senders
-                }
+                runs = {name: results[(name, clients)] for name in senders}
+                rate = {name: statistics.median(r[0] for r in runs[name]) for name in senders}
+                p50 = {name: statistics.median(r[1] for r in runs[name]) for name in senders}
+
+                on_ratio = paired(runs["on"], runs["off"], 0, operator.truediv)
+                fsync_ratio = paired(runs["fsync"], runs["off"], 0, operator.truediv)
+                delta = paired(runs["on"], runs["off"], 1, operator.sub)
                 print(
                     f"  {clients:>7} {rate['off']:>11.0f} {rate['on']:>9.0f} "
-                    f"{rate['on'] / rate['off']:>7.3f} {p50['off']:>8.2f} {p50['on']:>7.2f} "
-                    f"{p50['on'] - p50['off']:>+6.2f} {rate['fsync']:>13.0f} "
-                    f"{rate['fsync'] / rate['off']:>10.3f}"
+                    f"{on_ratio:>7.3f} {p50['off']:>8.2f} {p50['on']:>7.2f} "
+                    f"{delta:>+6.2f} {rate['fsync']:>13.0f} {fsync_ratio:>10.3f}"
+                )
+                print(
+                    "          rounds on÷off: "
+                    + ", ".join(f"{a[0] / b[0]:.3f}" for a, b in zip(runs["on"], runs["off"], strict=True))
                 )
             forwarded = count_rows(receiver, "datasette_events")
             print(f"  (forwarded so far: {forwarded} events)")

@@ -143,7 +143,7 @@ def compact(json: bytes) -> bytes:
     memory for an event of 100 bytes. Events wait in memory by the thousand (held for their
     lane, read from a file): the copy costs 0.1 µs and keeps them 1/8 the size.
     """
-    return json[:-1] + json[-1:]
+    return b"".join((json, b""))  # one allocation of the exact size (a slice would be two)
 
 
 def normalise(data: Any) -> dict[str, Any]:
