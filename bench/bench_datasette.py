@@ -260,10 +260,9 @@ async def main() -> None:
                     f"{on_ratio:>7.3f} {p50['off']:>8.2f} {p50['on']:>7.2f} "
                     f"{delta:>+6.2f} {rate['fsync']:>13.0f} {fsync_ratio:>10.3f}"
                 )
-                print(
-                    "          rounds on÷off: "
-                    + ", ".join(f"{a[0] / b[0]:.3f}" for a, b in zip(runs["on"], runs["off"], strict=True))
-                )
+                each = zip(runs["on"], runs["off"], strict=True)
+                ratios = ", ".join(f"{on[0] / off[0]:.3f}" for on, off in each)
+                print(f"          rounds on÷off: {ratios}")
             forwarded = count_rows(receiver, "datasette_events")
             print(f"  (forwarded so far: {forwarded} events)")
         if args.no_delivery:
