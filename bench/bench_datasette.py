@@ -48,6 +48,12 @@ def pin(pid: int, cores: set[int]) -> None:
         os.sched_setaffinity(int(task.name), cores)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def sender(directory: Path, name: str, plugin: dict, internal: Path) -> DatasetteReceiver:
     config = directory / f"{name}.json"
     config.write_text(json.dumps({"plugins": {"eventsink": plugin}}))
@@ -209,6 +215,7 @@ async def main() -> None:
                 ),
             }
             results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+            cpu: dict[tuple[str, int], float] = {}  # the sender's CPU ms per request
             for server in senders.values():
                 server.start()
             if pinned:
@@ -220,6 +227,7 @@ async def main() -> None:
                     await drive(server, 100, 1)
                 names = list(senders)
                 for clients in clients_list:
+                    before = {name: cpu_seconds(senders[name].process.pid) for name in names}  # type: ignore[union-attr]
                     for round_number in range(args.rounds):
                         # Each round drives every sender once, in an order rotated from round
                         # to round, so no sender always follows the same one.
@@ -227,6 +235,10 @@ async def main() -> None:
                         for name in names[shift:] + names[:shift]:
                             runs = results.setdefault((name, clients), [])
                             runs.append(await drive(senders[name], args.requests, clients))
+                    await asyncio.sleep(2.0)  # the last events' delivery belongs to this part
+                    for name in names:
+                        used = cpu_seconds(senders[name].process.pid) - before[name]  # type: ignore[union-attr]
+                        cpu[(name, clients)] = used / (args.rounds * args.requests) * 1000
             finally:
                 for server in senders.values():
                     server.close()
@@ -263,6 +275,12 @@ async def main() -> None:
                 each = zip(runs["on"], runs["off"], strict=True)
                 ratios = ", ".join(f"{on[0] / off[0]:.3f}" for on, off in each)
                 print(f"          rounds on÷off: {ratios}")
+                print(
+                    f"          sender CPU per request (delivery included): off "
+                    f"{cpu[('off', clients)]:.2f} ms, on {cpu[('on', clients)]:.2f} ms "
+                    f"({cpu[('on', clients)] - cpu[('off', clients)]:+.2f}), fsync "
+                    f"{cpu[('fsync', clients)]:.2f} ms"
+                )
             forwarded = count_rows(receiver, "datasette_events")
             print(f"  (forwarded so far: {forwarded} events)")
         if args.no_delivery:

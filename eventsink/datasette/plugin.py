@@ -573,16 +573,54 @@ async def _enqueue(
         if pipeline is not None:
             await pipeline.write_async(target.table, data, created=created, sinks=target.sinks)
 
+    recording = record()
+    try:
+        # Most events are committed at once on this task, without waiting for anything: the
+        # first step runs here, and only an event that must wait gets a timeout (a timer
+        # handle per request on the serving loop's heap costs more than the commit).
+        waiting_for = recording.send(None)
+    except StopIteration:
+        return
+    except Exception as error:
+        state.record_error(error)
+        return
     try:
         if sys.version_info >= (3, 11):
             async with asyncio.timeout(HOOK_TIMEOUT):
-                await record()
+                await _Resumed(recording, waiting_for)
         else:  # pragma: no cover - Python 3.10
-            await asyncio.wait_for(record(), HOOK_TIMEOUT)
+            await asyncio.wait_for(_resume(recording, waiting_for), HOOK_TIMEOUT)
     except (TimeoutError, asyncio.TimeoutError):
         state.record_error(TimeoutError(f"not committed within {HOOK_TIMEOUT:g} s"))
     except Exception as error:
         state.record_error(error)
+
+
+class _Resumed:
+    """Await a coroutine already run to its first suspension, ``waiting_for``: what it gave
+    the task to wait for. The task's wake-ups (and a cancellation) pass on to the coroutine,
+    as ``await`` would have passed them from the start."""
+
+    def __init__(self, coroutine: Any, waiting_for: Any) -> None:
+        self._coroutine = coroutine
+        self._waiting_for = waiting_for
+
+    def __await__(self) -> Any:
+        coroutine, waiting_for = self._coroutine, self._waiting_for
+        while True:
+            try:
+                try:
+                    yield waiting_for
+                except BaseException as error:  # cancelled (the timeout), or closed
+                    waiting_for = coroutine.throw(error)
+                else:
+                    waiting_for = coroutine.send(None)
+            except StopIteration as done:
+                return done.value
+
+
+async def _resume(coroutine: Any, waiting_for: Any) -> Any:  # pragma: no cover - Python 3.10
+    return await _Resumed(coroutine, waiting_for)
 
 
 @hookimpl

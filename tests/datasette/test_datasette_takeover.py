@@ -155,6 +155,35 @@ class TestRequestsNeverFail:
         assert messages[0].endswith("RuntimeError: Event loop is closed")
         assert len(messages) == 1  # throttled: once a minute
 
+    async def test_a_write_that_must_wait_is_recorded_within_the_timeout(
+        self, tmp_path, receiver, monkeypatch
+    ):
+        """Most events are committed at once, with no timer; one that has to wait (another
+        writer holds the outbox, say) is awaited under the timeout, and recorded."""
+        table = events_table()
+        config = {
+            "api_url": f"{receiver.db_url}/-/create",
+            "api_token": receiver.token,
+            "table": table,
+        }
+        async with sender(tmp_path, {"eventsink": config}) as datasette:
+            state = get_state(datasette)
+            pipeline = get_pipeline(datasette)
+            original = pipeline.write_async
+            waited = []
+
+            async def slow(*args, **kwargs):
+                await asyncio.sleep(0.05)  # suspends the hook: the timeout guards the rest
+                waited.append(await original(*args, **kwargs))
+                await asyncio.sleep(0)
+
+            monkeypatch.setattr(pipeline, "write_async", slow)
+            await write(datasette, f"/{_db(datasette)}/-/create", {"table": "w", "row": {"a": 1}})
+            assert len(waited) == 2 and all(waited)  # create-table and insert-rows
+            assert state.hook_errors == 0
+            assert await pipeline.flush(timeout=10)
+        assert {row["id"] for row in receiver.rows(table)} == set(waited)
+
 
 class TestStartingWhereDatasetteServes:
     """The pipeline starts in startup only where startup runs on the serving loop."""
