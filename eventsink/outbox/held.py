@@ -100,7 +100,9 @@ class HeldEvents:
     def put_back(self, leased: Leased) -> None:
         """Give back a batch taken but not finished with: it is the next one taken."""
         if self._taken:  # the first chunk starts where its untaken events start
-            self._hot[0] = self._hot[0].part(self._taken)
+            first = self._hot[0]
+            self._sizes[0] = self._sizes[0] * (len(first.events) - self._taken) // len(first.events)
+            self._hot[0] = first.part(self._taken)
             self._taken = 0
         self._hot.appendleft(leased)
         self._sizes.appendleft(0)  # counted when it was first held, given back when taken

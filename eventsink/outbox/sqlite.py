@@ -338,7 +338,9 @@ class ThreadRunner(Runner):
             self._connection = connect(
                 self.path, durability=self._durability, check_same_thread=False
             )
-            if self._durability != "fsync":
+            # Inline commits get a connection of their own (not with fsync, see above; not
+            # in memory, where a second connection would open another, empty database).
+            if self._durability != "fsync" and self.path != ":memory:":
                 inline = connect(self.path, durability=self._durability, check_same_thread=False)
                 inline.execute("pragma busy_timeout = 0")
                 inline.execute("pragma wal_autocheckpoint = 0")
