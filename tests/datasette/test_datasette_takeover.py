@@ -43,6 +43,11 @@ def legacy_plugin():
         pm.unregister(module)
 
 
+def forwarding(receiver, table: str) -> dict:
+    """The plugin config that forwards every event to ``receiver``'s ``table``."""
+    return {"api_url": f"{receiver.db_url}/-/create", "api_token": receiver.token, "table": table}
+
+
 async def create_table(datasette, table: str) -> None:
     """Cause two events: create-table and insert-rows."""
     await write(datasette, f"/{_db(datasette)}/-/create", {"table": table, "row": {"a": 1}})
@@ -161,12 +166,7 @@ class TestRequestsNeverFail:
         """Most events are committed at once, with no timer; one that has to wait (another
         writer holds the outbox, say) is awaited under the timeout, and recorded."""
         table = events_table()
-        config = {
-            "api_url": f"{receiver.db_url}/-/create",
-            "api_token": receiver.token,
-            "table": table,
-        }
-        async with sender(tmp_path, {"eventsink": config}) as datasette:
+        async with sender(tmp_path, {"eventsink": forwarding(receiver, table)}) as datasette:
             state = get_state(datasette)
             pipeline = get_pipeline(datasette)
             original = pipeline.write_async
@@ -207,12 +207,7 @@ class TestStartingWhereDatasetteServes:
     async def test_before_1_0a39_the_first_event_starts_it(self, tmp_path, receiver, monkeypatch):
         monkeypatch.setattr(plugin, "serves_on_startup_loop", lambda: False)
         table = events_table()
-        config = {
-            "api_url": f"{receiver.db_url}/-/create",
-            "api_token": receiver.token,
-            "table": table,
-        }
-        async with sender(tmp_path, {"eventsink": config}) as datasette:
+        async with sender(tmp_path, {"eventsink": forwarding(receiver, table)}) as datasette:
             assert get_pipeline(datasette) is None
             await create_table(datasette, "a")
             assert await get_pipeline(datasette).flush(timeout=10)
