@@ -394,7 +394,7 @@ class DatasetteRunner(Runner):
     def __repr__(self) -> str:
         return f"<Datasette database {getattr(self.database, 'name', None)!r}>"
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
         return await self.database.execute_write_fn(fn)
 
 
