@@ -109,7 +109,8 @@ def kept_in_outbox(path: str, destinations: Iterable[str]) -> int | None:
     try:
         marks = ",".join("?" * len(keys))
         (count,) = connection.execute(
-            f"select count(*) from eventsink_outbox where destination in ({marks})", keys
+            f"select coalesce(sum(events), 0) from eventsink_outbox where destination in ({marks})",
+            keys,
         ).fetchone()
         return int(count)
     except sqlite3.Error:

@@ -31,11 +31,18 @@ live holder lists the destinations it serves in ``eventsink_serving``; ``eventsi
 names the destinations with pending events that nobody serves, and ``eventsink outbox move`` /
 ``drop`` deal with them on purpose.
 
+A process appending many events at once for a destination it delivers stores them as *packs*,
+rows of up to :data:`~eventsink.outbox.packs.PACK_EVENTS` events each (see
+:mod:`eventsink.outbox.packs`): a row costs about as much to insert and delete as the event it
+would otherwise hold.
+
 Schema versions (``eventsink_meta.schema_version``): 1 (no meta table) keyed rows by the
-configured sink *name*; 2 keys them by destination. Opening a version 1 file renames the
-column and remembers every old name in ``eventsink_legacy_keys``; the first process that
-configures a sink with one of those names adopts its rows for that sink's destination, once,
-and says so in the log.
+configured sink *name*; 2 keys them by destination; 3 adds packs (the ``events`` and ``pack``
+columns). Opening a version 1 file renames the column and remembers every old name in
+``eventsink_legacy_keys``; the first process that configures a sink with one of those names
+adopts its rows for that sink's destination, once, and says so in the log. An eventsink that
+knows only version 2 refuses to open a version 3 outbox; one already running when a newer one
+upgrades the file must be stopped first (it would take a pack for a single event).
 """
 
 from __future__ import annotations
@@ -59,12 +66,13 @@ from ..pipeline.threads import WorkerThreads
 from ..sqlite_files import connect
 from .base import DeadLetter, Failure, Leased, Outbox, SinkBacklog
 from .held import HeldEvents
+from .packs import PACK_EVENTS, PackLedger, encode, expand, unpack
 
 T = TypeVar("T")
 
 logger = logging.getLogger("eventsink")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 create table if not exists eventsink_outbox (
@@ -80,7 +88,9 @@ create table if not exists eventsink_outbox (
     first_failure real,
     last_error text,
     last_status integer,
-    paused integer not null default 0
+    paused integer not null default 0,
+    events integer not null default 1,
+    pack blob
 );
 create index if not exists eventsink_outbox_unleased on eventsink_outbox (destination, seq)
     where lease_owner is null;
@@ -120,6 +130,11 @@ create table if not exists eventsink_meta (
 """
 
 _COLUMNS = "id, table_name, instance, created, data"
+#: What a batch is read from: the row's seq, its event columns, its failure history and, for a
+#: pack, how many events it holds and their header (:func:`eventsink.outbox.packs.expand`).
+_LEASED_COLUMNS = f"seq, {_COLUMNS}, attempts, first_failure, events, pack"
+#: A pack row, as :func:`eventsink.outbox.packs.unpack` takes it.
+_PACK_COLUMNS = "seq, destination, data, events, pack"
 _CHUNK = 500  # rows per "in (...)" statement, well under SQLite's parameter limit
 LEASE_SECONDS = 300.0  # a holder that has not renewed for this long is presumed dead
 HEARTBEAT_SECONDS = 10.0  # how often a holder renews and looks for holders that died
@@ -187,6 +202,12 @@ def ensure_schema(connection: sqlite3.Connection, where: str) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             connection.execute(statement)
+    columns = {row[1] for row in connection.execute("pragma table_info(eventsink_outbox)")}
+    if "events" not in columns:  # version 1 or 2: every row holds one event
+        connection.execute(
+            "alter table eventsink_outbox add column events integer not null default 1"
+        )
+        connection.execute("alter table eventsink_outbox add column pack blob")
     if version == 1:
         connection.execute(
             "insert or ignore into eventsink_legacy_keys (key) select distinct destination "
@@ -240,16 +261,30 @@ def _live_owners(connection: sqlite3.Connection, host: str, now: float) -> list[
     ]
 
 
-def _leased(rows: list[tuple[Any, ...]]) -> Leased | None:
-    """A batch from rows of ``seq, id, table_name, instance, created, data, attempts,
-    first_failure``, in seq order."""
-    if not rows:
+def _leased(
+    rows: list[tuple[Any, ...]],
+    first: int | None = None,
+    last: int | None = None,
+    limit: int | None = None,
+) -> Leased | None:
+    """A batch from rows of :data:`_LEASED_COLUMNS` in seq order: every event of each row (a
+    pack holds many), or only those with seqs from ``first`` to ``last``, at most ``limit``."""
+    seqs: list[int] = []
+    events: list[Event] = []
+    attempts, failures = 0, []
+    for row in rows:
+        for seq, event in expand(row):
+            if (first is None or seq >= first) and (last is None or seq <= last):
+                seqs.append(seq)
+                events.append(event)
+        attempts = max(attempts, row[6])
+        if row[7] is not None:
+            failures.append(row[7])
+    if limit is not None:
+        del seqs[limit:], events[limit:]
+    if not events:
         return None
-    events = [Event(row[1], row[2], row[3], row[4], data_json=row[5]) for row in rows]
-    failures = [row[7] for row in rows if row[7] is not None]
-    return Leased(
-        events, [row[0] for row in rows], max(row[6] for row in rows), min(failures, default=None)
-    )
+    return Leased(events, seqs, attempts, min(failures, default=None))
 
 
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> list[Sequence[T]]:
@@ -437,11 +472,22 @@ def _forget_dead_owners(
 
 
 def _release_orphans(connection: sqlite3.Connection) -> int:
-    """Return rows held by no registered owner to everyone; return how many."""
-    return connection.execute(
-        "update eventsink_outbox set lease_owner = null where lease_owner is not null "
-        "and lease_owner not in (select owner from eventsink_owners)"
-    ).rowcount
+    """Return the events held by no registered owner to everyone (a pack as rows of one event
+    each); return how many."""
+    orphaned = "lease_owner is not null and lease_owner not in (select owner from eventsink_owners)"
+    unpacked = unpack(
+        connection,
+        connection.execute(
+            f"select {_PACK_COLUMNS} from eventsink_outbox where events > 1 and {orphaned}"
+        ).fetchall(),
+        lease_owner=None,
+    )
+    return (
+        unpacked
+        + connection.execute(
+            f"update eventsink_outbox set lease_owner = null where {orphaned}"
+        ).rowcount
+    )
 
 
 class SQLiteOutbox(Outbox):
@@ -475,7 +521,11 @@ class SQLiteOutbox(Outbox):
         self.owner = f"{self._host}:{os.getpid()}:{secrets.token_hex(4)}"
         self.claimer = self.owner + CLAIMED
         self._heartbeat: asyncio.Task[None] | None = None
-        self._acked: list[int] = []  # confirmed rows whose delete rides the next transaction
+        self._packs = PackLedger()  # the packs this process appended and has not finished
+        # Confirmed events whose delete rides the next transaction: runs of seqs of rows of
+        # one event, and packs wholly acked (last seq, events).
+        self._acked: list[tuple[int, int]] = []
+        self._acked_packs: list[tuple[int, int]] = []
         self._ack_flush: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -570,42 +620,65 @@ class SQLiteOutbox(Outbox):
     ) -> dict[str, tuple[int, int]]:
         """Insert each destination's events in one transaction (see :meth:`_insert_job`)."""
         rows = sum(len(events) for events in batches.values())
-        return await self._run(self._insert_job(batches, lease_for), small=rows <= SMALL_APPEND)
+        job = self._insert_job(batches, lease_for)
+        return self._inserted(*await self._run(job, small=rows <= SMALL_APPEND))
 
     def append_now(
         self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
     ) -> dict[str, int] | None:
         rows = sum(len(events) for events in batches.values())
-        if rows > SMALL_APPEND or self._acked:  # acked rows: deleted by the outbox thread
+        if rows > SMALL_APPEND or self._acked or self._acked_packs:  # for the outbox thread
             return None
-        done, inserted = self.runner.run_now(self._insert_job(batches, lease_for))
-        return self._hold(batches, inserted) if done else None
+        done, result = self.runner.run_now(self._insert_job(batches, lease_for))
+        return self._hold(batches, self._inserted(*result)) if done else None  # type: ignore[misc]
+
+    def _inserted(
+        self, inserted: dict[str, tuple[int, int]], packs: list[tuple[int, int, str]]
+    ) -> dict[str, tuple[int, int]]:
+        """Note the packs an insert made in the ledger; return its ``inserted``."""
+        for first, last, destination in packs:
+            self._packs.add(first, last, destination)
+        return inserted
 
     def _hold(
         self, batches: Mapping[str, Sequence[Event]], inserted: Mapping[str, tuple[int, int]]
     ) -> dict[str, int]:
         """Add the events just inserted for the destinations in ``inserted`` (each one's last
-        new rowid and data bytes) to their held events; return how many, by destination."""
+        new seq and data bytes) to their held events; return how many, by destination."""
         held = {}
         for destination, (last, size) in inserted.items():
             events = batches[destination]
-            # One writer inside one transaction: the rowids just made are contiguous.
+            # One writer inside one transaction: the seqs just made are contiguous.
             self.held(destination).add(events, range(last - len(events) + 1, last + 1), size)
             held[destination] = len(events)
         return held
 
     def _insert_job(
         self, batches: Mapping[str, Sequence[Event]], lease_for: Sequence[str] = ()
-    ) -> Callable[[sqlite3.Connection], dict[str, tuple[int, int]]]:
+    ) -> Callable[
+        [sqlite3.Connection], tuple[dict[str, tuple[int, int]], list[tuple[int, int, str]]]
+    ]:
         """The work of inserting each destination's events in one transaction, leased to this
-        process for the destinations in ``lease_for``; it returns the last new rowid of each
-        of those and the bytes of their data."""
-        # One flat list of column values per distinct list of events, built once (every
-        # destination usually shares one list): a multi-row statement takes slices of it,
-        # with no tuple per row.
+        process for the destinations in ``lease_for``, as packs where there are more than
+        :data:`SMALL_APPEND` of those. It returns the last new seq of each leased destination
+        and the bytes of its data, and the first and last seq of each pack made."""
+        # Built here, on the caller's thread, once per distinct list of events (every
+        # destination usually shares one list): for rows of one event a flat list of column
+        # values, of which a multi-row statement takes slices, with no tuple per row; for
+        # packs the (header, data) of each.
         columns_of: dict[int, list[Any]] = {}
-        for events in batches.values():
-            if id(events) not in columns_of:
+        packs_of: dict[int, list[tuple[Sequence[Event], bytes, bytes]]] = {}
+        for destination, events in batches.items():
+            if destination in lease_for and len(events) > SMALL_APPEND:
+                if id(events) not in packs_of:
+                    packs_of[id(events)] = [
+                        (part, *encode(part))
+                        for part in (
+                            events[start : start + PACK_EVENTS]
+                            for start in range(0, len(events), PACK_EVENTS)
+                        )
+                    ]
+            elif id(events) not in columns_of:
                 columns: list[Any] = []
                 for event in events:
                     columns += (
@@ -619,30 +692,82 @@ class SQLiteOutbox(Outbox):
         owner = self.owner
         width = 7
 
-        def insert(connection: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+        def insert_rows(
+            connection: sqlite3.Connection, destination: str, columns: list[Any], holder: str | None
+        ) -> tuple[int, int]:
+            count = len(columns) // 5
+            params: list[Any] = [None] * (count * width)
+            params[0::width] = [destination] * count
+            for column in range(5):
+                params[column + 1 :: width] = columns[column::5]
+            params[6::width] = [holder] * count
+            for start in range(0, count, _INSERT_ROWS):
+                rows = min(_INSERT_ROWS, count - start)
+                # One multi-row statement is one sqlite3_step, so one release of the GIL
+                # instead of one per row: on a busy core each release can cost a thread
+                # switch interval before the GIL comes back.
+                cursor = connection.execute(
+                    _insert_sql(rows), params[start * width : (start + rows) * width]
+                )
+            return cursor.lastrowid or 0, sum(map(len, columns[4::5]))
+
+        def insert_packs(
+            connection: sqlite3.Connection,
+            destination: str,
+            packs: list[tuple[Sequence[Event], bytes, bytes]],
+            top: int,
+            made: list[tuple[int, int, str]],
+        ) -> tuple[int, int]:
+            size = 0
+            for events, header, data in packs:
+                first, top = top + 1, top + len(events)
+                head = events[0]
+                connection.execute(
+                    "insert into eventsink_outbox (seq, destination, id, table_name, instance, "
+                    "created, data, lease_owner, events, pack) "
+                    "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        top,
+                        destination,
+                        head.id,
+                        head.table,
+                        head.instance,
+                        head.created,
+                        data,
+                        owner,
+                        len(events),
+                        header,
+                    ],
+                )
+                made.append((first, top, destination))
+                size += len(data)
+            return top, size
+
+        def insert(
+            connection: sqlite3.Connection,
+        ) -> tuple[dict[str, tuple[int, int]], list[tuple[int, int, str]]]:
             inserted = {}
+            made: list[tuple[int, int, str]] = []
+            top = None  # the highest seq in the table, once a pack needs it
             for destination, events in batches.items():
-                count = len(events)
-                if not count:
+                if not events:
                     continue
-                columns = columns_of[id(events)]
-                holder = owner if destination in lease_for else None
-                params: list[Any] = [None] * (count * width)
-                params[0::width] = [destination] * count
-                for column in range(5):
-                    params[column + 1 :: width] = columns[column::5]
-                params[6::width] = [holder] * count
-                for start in range(0, count, _INSERT_ROWS):
-                    rows = min(_INSERT_ROWS, count - start)
-                    # One multi-row statement is one sqlite3_step, so one release of the GIL
-                    # instead of one per row: on a busy core each release can cost a thread
-                    # switch interval before the GIL comes back.
-                    cursor = connection.execute(
-                        _insert_sql(rows), params[start * width : (start + rows) * width]
+                packs = packs_of.get(id(events)) if destination in lease_for else None
+                if packs is not None:
+                    if top is None:
+                        top = connection.execute(
+                            "select coalesce(max(seq), 0) from eventsink_outbox"
+                        ).fetchone()[0]
+                    last, size = insert_packs(connection, destination, packs, top, made)
+                else:
+                    holder = owner if destination in lease_for else None
+                    last, size = insert_rows(
+                        connection, destination, columns_of[id(events)], holder
                     )
-                if holder is not None:
-                    inserted[destination] = (cursor.lastrowid, sum(map(len, columns[4::5])))
-            return inserted
+                top = last if top is not None else None
+                if destination in lease_for:
+                    inserted[destination] = (last, size)
+            return inserted, made
 
         return insert
 
@@ -654,7 +779,7 @@ class SQLiteOutbox(Outbox):
                 "update eventsink_outbox set lease_owner = ? "
                 "where seq in (select seq from eventsink_outbox where destination = ? and "
                 "lease_owner is null order by seq limit ?) "
-                f"returning seq, {_COLUMNS}, attempts, first_failure",
+                f"returning {_LEASED_COLUMNS}",
                 [owner, destination, limit],
             ).fetchall()
 
@@ -669,15 +794,16 @@ class SQLiteOutbox(Outbox):
 
         def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
             # A range scan of the primary key: rows of other destinations or holders between, and
-            # rows this process claimed (held as self.claimer), are skipped.
+            # rows this process claimed (held as self.claimer), are skipped. A pack is found by
+            # its last seq, so the scan goes up to a pack's length past ``last``.
             return connection.execute(
-                f"select seq, {_COLUMNS}, attempts, first_failure from eventsink_outbox "
+                f"select {_LEASED_COLUMNS} from eventsink_outbox "
                 "where seq between ? and ? and destination = ? and lease_owner = ? "
-                "order by seq limit ?",
-                [first, last, destination, owner, limit],
+                "and seq - events < ? order by seq limit ?",
+                [first, last + PACK_EVENTS - 1, destination, owner, last, limit],
             ).fetchall()
 
-        return _leased(await self._run(read))
+        return _leased(await self._run(read), first, last, limit)
 
     async def _by_handles(self, sql: str, leased: Leased, *params: Any) -> None:
         handles = leased.handles
@@ -686,20 +812,45 @@ class SQLiteOutbox(Outbox):
             for chunk in _chunks(handles):
                 connection.execute(sql.format(marks=_marks(len(chunk))), [*params, *chunk])
 
-        await self._run(apply)
+        await self._run_unpacked(leased, apply)
+
+    async def _run_unpacked(self, leased: Leased, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a transaction that first unpacks the packs holding events of
+        ``leased``, so that ``fn`` finds a row for each of its events."""
+        packs = self._packs.take(_runs(list(leased.handles)))
+        if not packs:
+            return await self._run(fn)
+        owner = self.owner
+
+        def unpack_then(connection: sqlite3.Connection) -> T:
+            rows = connection.execute(
+                f"select {_PACK_COLUMNS} from eventsink_outbox where seq in "
+                f"({_marks(len(packs))}) and events > 1 and lease_owner = ?",
+                [*(pack.last for pack in packs), owner],
+            ).fetchall()
+            unpack(connection, rows, lease_owner=owner, acked={p.last: p.acked for p in packs})
+            return fn(connection)
+
+        try:
+            return await self._run(unpack_then)
+        except BaseException:
+            self._packs.put_back(packs)  # still packed: ack them as packs
+            raise
 
     async def ack(self, destination: str, leased: Leased) -> None:
         # The delete is deferred and folded into the next transaction (at most ACK_DELAY
         # later): a crash in between only means a redelivery, which the ids make harmless,
-        # and it saves a commit per batch.
-        self._acked.extend(leased.handles)
+        # and it saves a commit per batch. A pack's row goes once all its events are acked.
+        single, done = self._packs.ack(_runs(list(leased.handles)))
+        self._acked += single
+        self._acked_packs += [(pack.last, pack.size) for pack in done]
         if self._ack_flush is None:
             self._ack_flush = asyncio.ensure_future(self._flush_acks_later())
 
     async def _flush_acks_later(self) -> None:
         delay = ACK_DELAY
         try:
-            while self._acked:  # acks that arrive during a flush are flushed too
+            while self._acked or self._acked_packs:  # acks arriving during a flush too
                 await asyncio.sleep(delay)
                 try:
                     await self._run(lambda connection: None)
@@ -714,14 +865,19 @@ class SQLiteOutbox(Outbox):
         """Run ``fn`` in a transaction that first deletes the acked rows (``small``: see
         :meth:`Runner.run`)."""
         acked, self._acked = self._acked, []
-        if not acked:
+        packs, self._acked_packs = self._acked_packs, []
+        if not acked and not packs:
             return await self.runner.run(fn, small=small)
 
         def delete_acked_then(connection: sqlite3.Connection) -> T:
             # Acked rows are mostly runs of consecutive seqs (batches appended together): one
-            # range delete per run instead of a parameter per row.
+            # range delete per run instead of a parameter per row. A pack is never deleted
+            # by a range: only once all its events are acked.
             connection.executemany(
-                "delete from eventsink_outbox where seq between ? and ?", _runs(acked)
+                "delete from eventsink_outbox where seq between ? and ? and events = 1", acked
+            )
+            connection.executemany(
+                "delete from eventsink_outbox where seq = ? and events = ?", packs
             )
             return fn(connection)
 
@@ -729,6 +885,7 @@ class SQLiteOutbox(Outbox):
             return await self.runner.run(delete_acked_then)
         except BaseException:
             self._acked[:0] = acked  # not deleted: try again with the next transaction
+            self._acked_packs[:0] = packs
             raise
 
     async def record_failure(self, destination: str, leased: Leased, failure: Failure) -> None:
@@ -771,7 +928,7 @@ class SQLiteOutbox(Outbox):
                 )
                 connection.execute(f"delete from eventsink_outbox where seq in ({marks})", chunk)
 
-        await self._run(move)
+        await self._run_unpacked(leased, move)
 
     async def drop_oldest(self, destination: str, count: int) -> list[Event]:
         def drop(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
@@ -834,8 +991,8 @@ class SQLiteOutbox(Outbox):
             live = _live_owners(connection, host, time.time())
             result: dict[str, SinkBacklog] = {}
             for destination, pending, in_flight, size, pending_size in connection.execute(
-                "select destination, count(*) - sum(held), sum(held), sum(size), "
-                "sum(size * (1 - held)) from (select destination, length(data) as size, "
+                "select destination, sum(events * (1 - held)), sum(events * held), sum(size), "
+                "sum(size * (1 - held)) from (select destination, events, length(data) as size, "
                 "coalesce(lease_owner in (select value from json_each(?)), 0) as held "
                 "from eventsink_outbox) group by destination",
                 [json.dumps(live)],
@@ -858,7 +1015,14 @@ class SQLiteOutbox(Outbox):
                 result.setdefault(destination, SinkBacklog()).dead_letters = count
             return result
 
-        return await self._run(read)
+        # Events acked inside a pack of this process are delivered, though its row still
+        # holds them until the rest are: counted as such (their bytes stay, as stored).
+        acked = self._packs.acked()
+        backlog = await self._run(read)
+        for destination, count in acked.items():
+            if destination in backlog:
+                backlog[destination].in_flight = max(0, backlog[destination].in_flight - count)
+        return backlog
 
     async def serving(self) -> dict[str, list[str]]:
         host = self._host
@@ -939,7 +1103,22 @@ class SQLiteOutbox(Outbox):
 
         names = (owner, self.claimer)
 
+        packs = self._packs.take()
+        acked = {pack.last: pack.acked for pack in packs}
+
         def release_all(connection: sqlite3.Connection) -> None:
+            # Packs become rows of one event each, for any process to claim (the acked events
+            # of a pack are left out).
+            unpack(
+                connection,
+                connection.execute(
+                    f"select {_PACK_COLUMNS} from eventsink_outbox where events > 1 and "
+                    "lease_owner = ?",
+                    [owner],
+                ).fetchall(),
+                lease_owner=None,
+                acked=acked,
+            )
             connection.execute(
                 "update eventsink_outbox set lease_owner = null where lease_owner in (?, ?)",
                 names,

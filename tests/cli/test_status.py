@@ -97,7 +97,7 @@ class TestStaleLeases:
         outbox = tmp_path / "outbox.db"
         wait_until(
             lambda: (
-                count_rows(outbox, "select count(*) from eventsink_outbox")[0] > 0
+                count_rows(outbox, "select coalesce(sum(events), 0) from eventsink_outbox")[0] > 0
                 or process.poll() is not None
             ),
             timeout=60,

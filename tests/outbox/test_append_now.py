@@ -14,14 +14,13 @@ from collections.abc import Iterator
 from eventsink.outbox.sqlite import SQLiteOutbox
 from eventsink.testing import async_wait_until
 
+from . import outbox_ids
 from .test_sqlite_outbox import gated_pipeline, rows_by_owner
 
 
 def stored_ids(path) -> list[str]:
     with sqlite3.connect(path) as connection:
-        return [
-            row[0] for row in connection.execute("select id from eventsink_outbox order by seq")
-        ]
+        return outbox_ids(connection)
 
 
 # Another process writing the shared outbox: it holds SQLite's write lock until told to stop.

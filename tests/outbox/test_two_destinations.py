@@ -50,7 +50,8 @@ def pending(outbox, destination: str) -> int:
         if "eventsink_outbox" not in tables:
             return 0
         return db.execute(
-            "select count(*) from eventsink_outbox where destination = ?", [destination]
+            "select coalesce(sum(events), 0) from eventsink_outbox where destination = ?",
+            [destination],
         ).fetchone()[0]
 
 

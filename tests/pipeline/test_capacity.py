@@ -107,6 +107,9 @@ class TestCloseReportsWhatTheOutboxHolds:
         left = client.close(timeout=0.5)
         assert left == 5 - removed
         with sqlite3.connect(outbox) as db:
-            assert db.execute("select count(*) from eventsink_outbox").fetchone()[0] == left
+            assert (
+                db.execute("select coalesce(sum(events), 0) from eventsink_outbox").fetchone()[0]
+                == left
+            )
         if left:
             assert f"closed with {left} undelivered" in caplog.text

@@ -11,6 +11,7 @@ from eventsink.hookspecs import hookimpl
 from eventsink.plugins import make_plugin_manager
 
 from ..conftest import table_rows
+from ..outbox import outbox_ids
 
 
 class _Poisoner:
@@ -111,7 +112,7 @@ class TestWriteWait:
         ) as client:
             event_id = client.write("t", {"n": 1}, wait=True)
             connection = sqlite3.connect(outbox)
-            ids = [row[0] for row in connection.execute("select id from eventsink_outbox")]
+            ids = outbox_ids(connection)
             connection.close()
             assert ids == [event_id]
             client.close(timeout=0.1)

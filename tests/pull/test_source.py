@@ -24,6 +24,8 @@ from eventsink.pull.oauth2 import AccessTokenExpired, OAuth2Tokens, refresh_oaut
 from eventsink.pull.puller import Puller
 from eventsink.pull.source import DataSource, derive_event_id, read_with_retry
 
+from ..outbox import outbox_ids
+
 CONFIG = {
     "title": "Numbers for tests",
     "params": [
@@ -175,7 +177,7 @@ class TestCheckpoints:
             def save(self, checkpoint: Checkpoint) -> None:
                 ids: set[str] = set()
                 with sqlite3.connect(tmp_path / "ob.db") as db:
-                    ids |= {r[0] for r in db.execute("select id from eventsink_outbox")}
+                    ids |= set(outbox_ids(db))
                 if (tmp_path / "dest.db").exists():
                     with sqlite3.connect(tmp_path / "dest.db") as db:
                         if db.execute(
