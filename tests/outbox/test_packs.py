@@ -253,7 +253,7 @@ operations = st.lists(
     st.tuples(
         # "reopen" once in about twelve steps: the rest mostly work inside packs.
         st.sampled_from(
-            [*["append"], *["take"] * 3, *["ack"] * 3, *["fail"] * 2, "release", "dead", "reopen"]
+            ["append", *["take"] * 3, *["ack"] * 3, *["fail"] * 2, "release", "dead", "reopen"]
         ),
         st.integers(0, 60),
     ),
