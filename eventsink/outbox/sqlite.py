@@ -795,13 +795,20 @@ class SQLiteOutbox(Outbox):
         def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
             # A range scan of the primary key: rows of other destinations or holders between, and
             # rows this process claimed (held as self.claimer), are skipped. A pack is found by
-            # its last seq, so the scan goes up to a pack's length past ``last``.
-            return connection.execute(
+            # its last seq, so the scan goes up to a pack's length past ``last``; it stops at
+            # the row that brings ``limit`` events (a row holds one event or a pack of many).
+            rows, count = [], 0
+            for row in connection.execute(
                 f"select {_LEASED_COLUMNS} from eventsink_outbox "
                 "where seq between ? and ? and destination = ? and lease_owner = ? "
-                "and seq - events < ? order by seq limit ?",
-                [first, last + PACK_EVENTS - 1, destination, owner, last, limit],
-            ).fetchall()
+                "and seq - events < ? order by seq",
+                [first, last + PACK_EVENTS - 1, destination, owner, last],
+            ):
+                rows.append(row)
+                count += min(row[0], last) - max(row[0] - row[-2] + 1, first) + 1
+                if count >= limit:
+                    break
+            return rows
 
         return _leased(await self._run(read), first, last, limit)
 

@@ -321,3 +321,24 @@ async def test_the_outbox_holds_exactly_what_is_not_confirmed(tmp_path_factory, 
     assert sorted(d.event.id for d in await outbox.dead_letters(limit=10_000)) == sorted(dead)
     await outbox.close()
     assert sorted(stored(path)) == sorted(owed)
+
+
+async def test_a_read_back_opens_only_the_packs_it_needs(tmp_path, monkeypatch):
+    """Reading back 10 events must not decode every spilled pack (each read once decoded up
+    to ``limit`` packs: a million events for a read of 1,000, and the live path slowed ~50x
+    once events spilled)."""
+    from eventsink.outbox import packs
+
+    decoded = []
+    real = packs.decode
+    monkeypatch.setattr(packs, "decode", lambda *row: decoded.append(1) or real(*row))
+    outbox = SQLiteOutbox(tmp_path / "outbox.db")
+    outbox.held_in_memory = 0
+    await outbox.open(["a"])
+    for _ in range(20):
+        await outbox.append(make_events(100), ["a"], ["a"])
+    leased = await outbox.read_leased("a", 1, 2000, 10)
+    assert leased is not None and len(leased.events) == 10 and decoded == [1]
+    leased = await outbox.read_leased("a", 95, 2000, 10)  # across the end of the first pack
+    assert list(leased.handles) == list(range(95, 105)) and len(decoded) == 3
+    await outbox.close()
