@@ -46,8 +46,13 @@ def arrived(receiver: DatasetteReceiver, table: str, count: int, timeout: float 
     return receiver.rows(table)
 
 
-def forward(datasette: str, receiver: DatasetteReceiver, events: int) -> None:
-    table = "events"
+def forward(
+    datasette: str, receiver: DatasetteReceiver, events: int, *, internal: bool = True
+) -> None:
+    """``internal=False``: no ``--internal`` file, so before Datasette 1.0a30 the outbox is in
+    the in-memory internal database, reached through Datasette's own write thread."""
+    table = "events" if internal else "events_internal_in_memory"
+    print(f"  the outbox {'in an --internal file' if internal else 'without --internal'}:")
     plugins = {
         "eventsink": {
             "api_url": f"{receiver.db_url}/-/create",
@@ -57,7 +62,7 @@ def forward(datasette: str, receiver: DatasetteReceiver, events: int) -> None:
         }
     }
     started = time.monotonic()
-    with DatasetteSender(plugins, datasette=datasette) as sender:
+    with DatasetteSender(plugins, datasette=datasette, internal=internal) as sender:
         result = sender.make_events(events)
         check(
             not result.failed and not result.hung and result.events == events,
@@ -136,6 +141,7 @@ def main() -> int:
     print(f"Datasette {version(datasette)} sender ({datasette})", flush=True)
     with DatasetteReceiver() as receiver:
         forward(datasette, receiver, args.events)
+        forward(datasette, receiver, args.events, internal=False)
         if args.legacy:
             takeover(datasette, receiver)
     return 1 if failures else 0

@@ -40,7 +40,9 @@ class DatasetteSender(DatasetteReceiver):
     """A ``datasette serve`` whose ``plugins`` config is ``plugins`` (written to a JSON file).
 
     ``config`` is merged into the Datasette config (e.g. ``{"databases": {...}}``);
-    ``databases`` names extra writable databases to serve beside ``data``.
+    ``databases`` names extra writable databases to serve beside ``data``. ``internal=False``
+    starts it without ``--internal`` (Datasette then keeps its internal database in memory
+    before 1.0a30, in a temporary file since; ``internal_path`` is ``None``).
     """
 
     def __init__(
@@ -50,12 +52,13 @@ class DatasetteSender(DatasetteReceiver):
         config: dict[str, Any] | None = None,
         databases: tuple[str, ...] = (),
         extra_args: list[str] | None = None,
+        internal: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.config_path = self.directory / "datasette.json"
         self.config_path.write_text(json.dumps({**(config or {}), "plugins": plugins}))
-        self.internal_path = self.directory / "internal.db"
+        self.internal_path = self.directory / "internal.db" if internal else None
         self.extra_paths = []
         for name in databases:
             path = self.directory / f"{name}.db"
@@ -65,8 +68,7 @@ class DatasetteSender(DatasetteReceiver):
             *self.extra_paths,
             "-c",
             str(self.config_path),
-            "--internal",
-            str(self.internal_path),
+            *(["--internal", str(self.internal_path)] if self.internal_path else []),
             *(extra_args or []),
         ]
 
