@@ -9,8 +9,9 @@ header (every event's id, table, instance, created time and data length). The en
 columns of a pack row are its first event's, so ``oldest created`` reads the same.
 
 Every event of a pack still has a ``seq`` of its own: a pack row's ``seq`` is the seq of its
-*last* event, and the ``events - 1`` seqs before it are reserved for the others (new rows are
-numbered after the highest seq in the table, so nothing else takes them). A process hands its
+*last* event, and the ``events - 1`` seqs before it are reserved for the others (the table
+numbers rows with ``AUTOINCREMENT``, after the highest seq it ever gave out, so nothing else
+ever takes them). A process hands its
 lanes those seqs as handles, exactly as for rows of one event, and keeps a :class:`PackLedger`
 of its packs: an acked event is crossed off, and the row is deleted once all of its events
 are. Anything else that must record something about some of a pack's events (a failure, a
@@ -125,7 +126,7 @@ class Pack:
 class PackLedger:
     """The packs this process appended and has not finished, by seq (loop thread only).
 
-    New packs always come after every pack already here (see the module docstring), so the
+    New packs always come after every seq given out before (see the module docstring), so the
     ledger is kept in order by appending.
     """
 

@@ -76,7 +76,7 @@ SCHEMA_VERSION = 3
 
 SCHEMA = """
 create table if not exists eventsink_outbox (
-    seq integer primary key,
+    seq integer primary key autoincrement,
     destination text not null,
     id text not null,
     table_name text not null,
@@ -199,15 +199,26 @@ def ensure_schema(connection: sqlite3.Connection, where: str) -> None:
         # first sink configured with it (see SQLiteOutbox.open).
         for table in ("eventsink_outbox", "eventsink_dead_letters"):
             connection.execute(f"alter table {table} rename column sink to destination")
+    if version in (1, 2):
+        # Rows of one event each, numbered without AUTOINCREMENT (a deleted last seq was
+        # given out again): the table is made anew with the columns of packs, numbered so
+        # that no seq is ever given out twice (a process that was presumed dead may still
+        # ack seqs it was handed before).
+        connection.execute("alter table eventsink_outbox rename to eventsink_outbox_old")
+        connection.execute("drop index if exists eventsink_outbox_unleased")
     for statement in SCHEMA.split(";"):
         if statement.strip():
             connection.execute(statement)
-    columns = {row[1] for row in connection.execute("pragma table_info(eventsink_outbox)")}
-    if "events" not in columns:  # version 1 or 2: every row holds one event
-        connection.execute(
-            "alter table eventsink_outbox add column events integer not null default 1"
+    if version in (1, 2):
+        columns = (
+            "seq, destination, id, table_name, instance, created, data, attempts, lease_owner, "
+            "first_failure, last_error, last_status, paused"
         )
-        connection.execute("alter table eventsink_outbox add column pack blob")
+        connection.execute(
+            f"insert into eventsink_outbox ({columns}) select {columns} "
+            "from eventsink_outbox_old order by seq"
+        )
+        connection.execute("drop table eventsink_outbox_old")
     if version == 1:
         connection.execute(
             "insert or ignore into eventsink_legacy_keys (key) select distinct destination "
@@ -748,15 +759,16 @@ class SQLiteOutbox(Outbox):
         ) -> tuple[dict[str, tuple[int, int]], list[tuple[int, int, str]]]:
             inserted = {}
             made: list[tuple[int, int, str]] = []
-            top = None  # the highest seq in the table, once a pack needs it
+            top = None  # the highest seq given out so far, once a pack needs it
             for destination, events in batches.items():
                 if not events:
                     continue
                 packs = packs_of.get(id(events)) if destination in lease_for else None
                 if packs is not None:
-                    if top is None:
+                    if top is None:  # the highest seq ever given out (AUTOINCREMENT's)
                         top = connection.execute(
-                            "select coalesce(max(seq), 0) from eventsink_outbox"
+                            "select coalesce(max(seq), 0) from sqlite_sequence "
+                            "where name = 'eventsink_outbox'"
                         ).fetchone()[0]
                     last, size = insert_packs(connection, destination, packs, top, made)
                 else:
@@ -875,6 +887,7 @@ class SQLiteOutbox(Outbox):
         packs, self._acked_packs = self._acked_packs, []
         if not acked and not packs:
             return await self.runner.run(fn, small=small)
+        owner = self.owner
 
         def delete_acked_then(connection: sqlite3.Connection) -> T:
             # Acked rows are mostly runs of consecutive seqs (batches appended together): one
@@ -884,7 +897,8 @@ class SQLiteOutbox(Outbox):
                 "delete from eventsink_outbox where seq between ? and ? and events = 1", acked
             )
             connection.executemany(
-                "delete from eventsink_outbox where seq = ? and events = ?", packs
+                "delete from eventsink_outbox where seq = ? and events = ? and lease_owner = ?",
+                [(last, count, owner) for last, count in packs],
             )
             return fn(connection)
 

@@ -342,3 +342,74 @@ async def test_a_read_back_opens_only_the_packs_it_needs(tmp_path, monkeypatch):
     leased = await outbox.read_leased("a", 95, 2000, 10)  # across the end of the first pack
     assert list(leased.handles) == list(range(95, 105)) and len(decoded) == 3
     await outbox.close()
+
+
+async def test_a_holder_presumed_dead_never_deletes_what_is_not_its_own(tmp_path):
+    """A process stalled past its lease has its packs taken apart and delivered by another.
+    What the stalled one acks when it wakes must not delete the other's rows, nor cross off
+    events of its own new pack: no seq is ever given out twice, even once its row is gone."""
+    from eventsink.testing import async_wait_until
+
+    path = tmp_path / "outbox.db"
+    stalled = SQLiteOutbox(path, lease_seconds=0.3)
+    alive = SQLiteOutbox(path, lease_seconds=0.3)
+    await stalled.open(["a"])
+    await alive.open(["a"])
+    await stalled.append(make_events(40), ["a"], ["a"])  # seqs 1-40
+    first = await stalled.held("a").take(20)
+    rest = await stalled.held("a").take(20)
+    stalled._heartbeat.cancel()  # frozen
+    taken = await async_wait_until(lambda: alive.lease("a", 100))
+    assert list(taken.handles) == list(range(1, 41))
+    await alive.ack("a", taken)
+    await settle(alive)
+    assert stored(path) == []
+    theirs = make_events(30)
+    await alive.append(theirs, ["a"], ["a"])
+    await stalled.ack("a", first)  # it wakes
+    mine = make_events(30)
+    await stalled.append(mine, ["a"], ["a"])
+    await stalled.ack("a", rest)
+    new = await stalled.held("a").take(30)
+    assert list(new.handles) == list(range(71, 101))  # after theirs, 41-70: none reused
+    await stalled.ack("a", new.part(10))  # ten of its new events stay owed
+    await settle(stalled)
+    assert stored(path) == [e.id for e in theirs + mine]  # its pack: until all are acked
+    await alive.close()
+    await stalled.close()
+    assert stored(path) == [e.id for e in theirs + mine[:10]]
+
+
+async def test_an_outbox_of_schema_version_2_keeps_its_seqs_and_never_reuses_them(tmp_path):
+    path = tmp_path / "outbox.db"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(
+            """
+            create table eventsink_outbox (seq integer primary key, destination text not null,
+                id text not null, table_name text not null, instance text not null,
+                created text not null, data blob not null,
+                attempts integer not null default 0, lease_owner text, first_failure real,
+                last_error text, last_status integer, paused integer not null default 0);
+            create index eventsink_outbox_unleased on eventsink_outbox (destination, seq)
+                where lease_owner is null;
+            create table eventsink_meta (key text primary key, value);
+            insert into eventsink_meta values ('schema_version', 2);
+            insert into eventsink_outbox (seq, destination, id, table_name, instance, created,
+                data, attempts, last_error) values
+                (7, 'a', '01J00000000000000000000007', 't', 'old', 'now', '{"n": 7}', 2, 'x'),
+                (9, 'a', '01J00000000000000000000009', 't', 'old', 'now', '{"n": 9}', 0, null);
+            """
+        )
+    outbox = SQLiteOutbox(path)
+    assert (await outbox.open(["a"]))["a"].pending == 2
+    leased = await outbox.lease("a", 10)
+    assert list(leased.handles) == [7, 9] and leased.attempts == 2
+    await outbox.ack("a", leased)
+    await settle(outbox)
+    await outbox.append(make_events(1), ["a"], ["a"])
+    assert [seq for seq, _ in rows(path)] == [10]  # not 1: 9 was given out
+    await outbox.close()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute(
+            "select count(*) from sqlite_master where name = 'eventsink_outbox_unleased'"
+        ).fetchone() == (1,)
