@@ -11,14 +11,14 @@ columns of a pack row are its first event's, so ``oldest created`` reads the sam
 Every event of a pack still has a ``seq`` of its own: a pack row's ``seq`` is the seq of its
 *last* event, and the ``events - 1`` seqs before it are reserved for the others (the table
 numbers rows with ``AUTOINCREMENT``, after the highest seq it ever gave out, so nothing else
-ever takes them). A process hands its
-lanes those seqs as handles, exactly as for rows of one event, and keeps a :class:`PackLedger`
-of its packs: an acked event is crossed off, and the row is deleted once all of its events
-are. Anything else that must record something about some of a pack's events (a failure, a
-release, a dead letter, the process closing or dying) first *unpacks* it: the events not yet
-acked become rows of one event under their own seqs, and everything else in the outbox works
-on those rows as before. Packs are therefore always held by a live process: claims, ``move``,
-``drop`` and ``drop_oldest`` (which look only at rows nobody holds) never meet one.
+ever takes them). A process hands its lanes those seqs as handles, exactly as for rows of one
+event, and keeps a :class:`PackLedger` of its packs: an acked event is crossed off, and the row
+is deleted once all of its events are. Anything else that must record something about some
+of a pack's events (a failure, a release, a dead letter, the process closing or dying) first
+*unpacks* it: the events not yet acked become rows of one event under their own seqs, and
+everything else in the outbox works on those rows as before. Packs are therefore always held
+by a live process: claims, ``move``, ``drop`` and ``drop_oldest`` (which look only at rows
+nobody holds) never meet one.
 
 A crash loses nothing: an unacked pack returns whole to the next process (its events already
 acked are delivered again, which the ids make harmless).
@@ -120,6 +120,7 @@ class Pack:
 
     @property
     def size(self) -> int:
+        """How many events the pack holds."""
         return self.last - self.first + 1
 
 
@@ -170,7 +171,7 @@ class PackLedger:
         if not self._packs:
             return list(runs), []
         single: list[tuple[int, int]] = []
-        done: list[Pack] = []
+        done: dict[int, Pack] = {}  # by last seq: an event acked twice must not count twice
         for first, last in runs:
             start = first
             for pack in self._overlapping(first, last):
@@ -178,13 +179,13 @@ class PackLedger:
                     single.append((start, pack.first - 1))
                 pack.acked.update(range(max(first, pack.first), min(last, pack.last) + 1))
                 if len(pack.acked) == pack.size:
-                    done.append(pack)
+                    done[pack.last] = pack
                 start = pack.last + 1
             if start <= last:
                 single.append((start, last))
-        for pack in done:
+        for pack in done.values():
             self._remove(pack)
-        return single, done
+        return single, list(done.values())
 
     def put_back(self, packs: Iterable[Pack]) -> None:
         """Return packs :meth:`take` removed (their rows were not unpacked after all)."""

@@ -413,3 +413,12 @@ async def test_an_outbox_of_schema_version_2_keeps_its_seqs_and_never_reuses_the
         assert connection.execute(
             "select count(*) from sqlite_master where name = 'eventsink_outbox_unleased'"
         ).fetchone() == (1,)
+
+
+def test_an_event_acked_twice_finishes_its_pack_once():
+    ledger = PackLedger()
+    ledger.add(1, 10, "a")
+    assert ledger.ack([(3, 10)]) == ([], [])
+    single, done = ledger.ack([(1, 2), (5, 6)])  # the pack is done at 2; 5 and 6 again
+    assert single == [] and [(pack.first, pack.last) for pack in done] == [(1, 10)]
+    assert len(ledger) == 0 and ledger.ack([(3, 3)]) == ([(3, 3)], [])
