@@ -184,7 +184,7 @@ Examples:
   eventsink send events.jsonl && datasette events.db
   cat events.jsonl | eventsink send --table clicks
   eventsink send signups.csv orders.json --table-field type
-  eventsink send events.jsonl --sink datasette \\
+  eventsink send events.jsonl --sink datasette -o alter=true \\
       -o api_url=https://example.com/data/-/create -o api_token='{"$env": "DS_TOKEN"}'
   eventsink send events.jsonl --config eventsink.yaml --timeout 60
 """
