@@ -44,6 +44,29 @@ async def settle(outbox: SQLiteOutbox) -> None:
     await outbox._run(lambda connection: None)
 
 
+async def holding_a_pack(path, count: int) -> tuple[SQLiteOutbox, list[Event]]:
+    """An open outbox at ``path`` that has just appended ``count`` events as one pack, held."""
+    outbox = SQLiteOutbox(path)
+    await outbox.open(["a"])
+    events = make_events(count)
+    await outbox.append(events, ["a"], ["a"])
+    return outbox, events
+
+
+#: An outbox table as eventsink wrote it in schema version 2 (one event per row).
+VERSION_2 = """
+    create table eventsink_outbox (seq integer primary key, destination text not null,
+        id text not null, table_name text not null, instance text not null,
+        created text not null, data blob not null,
+        attempts integer not null default 0, lease_owner text, first_failure real,
+        last_error text, last_status integer, paused integer not null default 0);
+    create index eventsink_outbox_unleased on eventsink_outbox (destination, seq)
+        where lease_owner is null;
+    create table eventsink_meta (key text primary key, value);
+    insert into eventsink_meta values ('schema_version', 2);
+"""
+
+
 text = st.text(st.characters(codec="utf-8"), max_size=12)
 
 
@@ -136,10 +159,7 @@ async def test_read_back_across_packs_in_any_batch_size(tmp_path):
 
 async def test_a_failure_inside_a_pack_keeps_exactly_the_unconfirmed_events(tmp_path):
     path = tmp_path / "outbox.db"
-    outbox = SQLiteOutbox(path)
-    await outbox.open(["a"])
-    events = make_events(60)
-    await outbox.append(events, ["a"], ["a"])
+    outbox, events = await holding_a_pack(path, 60)
     held = outbox.held("a")
     first, second, third, rest = [await held.take(n) for n in (10, 10, 10, 30)]
     await outbox.ack("a", second)
@@ -167,10 +187,7 @@ async def test_a_failure_inside_a_pack_keeps_exactly_the_unconfirmed_events(tmp_
 
 async def test_closing_leaves_the_unacked_events_of_a_pack_for_the_next_process(tmp_path):
     path = tmp_path / "outbox.db"
-    outbox = SQLiteOutbox(path)
-    await outbox.open(["a"])
-    events = make_events(100)
-    await outbox.append(events, ["a"], ["a"])
+    outbox, events = await holding_a_pack(path, 100)
     held = outbox.held("a")
     await outbox.ack("a", await held.take(30))
     in_flight = await held.take(30)
@@ -227,14 +244,8 @@ async def test_an_outbox_of_schema_version_2_is_upgraded_in_place(tmp_path):
     path = tmp_path / "outbox.db"
     with sqlite3.connect(path) as connection:
         connection.executescript(
-            """
-            create table eventsink_outbox (seq integer primary key, destination text not null,
-                id text not null, table_name text not null, instance text not null,
-                created text not null, data blob not null,
-                attempts integer not null default 0, lease_owner text, first_failure real,
-                last_error text, last_status integer, paused integer not null default 0);
-            create table eventsink_meta (key text primary key, value);
-            insert into eventsink_meta values ('schema_version', 2);
+            VERSION_2
+            + """
             insert into eventsink_outbox (destination, id, table_name, instance, created, data)
                 values ('a', '01J00000000000000000000001', 't', 'old', 'now', '{"n": 1}');
             """
@@ -384,16 +395,8 @@ async def test_an_outbox_of_schema_version_2_keeps_its_seqs_and_never_reuses_the
     path = tmp_path / "outbox.db"
     with sqlite3.connect(path) as connection:
         connection.executescript(
-            """
-            create table eventsink_outbox (seq integer primary key, destination text not null,
-                id text not null, table_name text not null, instance text not null,
-                created text not null, data blob not null,
-                attempts integer not null default 0, lease_owner text, first_failure real,
-                last_error text, last_status integer, paused integer not null default 0);
-            create index eventsink_outbox_unleased on eventsink_outbox (destination, seq)
-                where lease_owner is null;
-            create table eventsink_meta (key text primary key, value);
-            insert into eventsink_meta values ('schema_version', 2);
+            VERSION_2
+            + """
             insert into eventsink_outbox (seq, destination, id, table_name, instance, created,
                 data, attempts, last_error) values
                 (7, 'a', '01J00000000000000000000007', 't', 'old', 'now', '{"n": 7}', 2, 'x'),
