@@ -1,13 +1,18 @@
 """Benchmark the Datasette plugin: request cost on the sender, delivery rate to the receiver.
 
-Run: ``python bench/bench_datasette.py [--requests 1000] [--rounds 3] [--events 50000]``
+Run: ``python bench/bench_datasette.py [--rounds 40] [--instances 2] [--events 50000]``
 
-1. **Request overhead.** Three sender Datasettes (``datasette serve`` subprocesses): one with
-   the plugin installed but configured off (an empty ``eventsink`` block), one forwarding to a
-   real receiver with the plugin's defaults and a ``--internal`` file, and one the same with
-   ``durability: fsync``. 1, 4 and 16 concurrent keep-alive clients post single-row
-   ``/-/insert`` requests, alternating off and on in rounds so all see the same machine load;
-   it prints one table: requests/s and p50 latency of each and the ratios on ÷ off.
+1. **Request overhead.** Sender Datasettes (``datasette serve`` subprocesses) of three kinds:
+   the plugin installed but configured off (an empty ``eventsink`` block), forwarding to a real
+   receiver with the plugin's defaults and a ``--internal`` file, and the same with
+   ``durability: fsync``; ``--instances`` processes of each kind. 1, 4 and 16 concurrent
+   keep-alive clients post single-row ``/-/insert`` requests. The senders take turns in short
+   blocks (``--block`` requests, a fraction of a second), in an order rotated every round, so
+   every kind sees the same moments of a noisy machine; each round's ratio compares the kinds
+   within that round, and the table prints the median over rounds. Two processes of the *same*
+   kind differ by a few percent on their own (memory layout), so each kind's rate in a round
+   is that of all its instances together, and the ratio of the two "off" instances is printed
+   as the noise floor ("off÷off").
 2. **Delivery rate.** ``--events`` events are put in a sender's outbox (its internal database)
    before it starts, with ``max_rate`` unlimited, so the plugin delivers more than the receiver
    can take; it prints the delivered events/s beside the receiver's raw ingest measured in the
@@ -19,13 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import operator
 import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -61,32 +66,116 @@ def sender(directory: Path, name: str, plugin: dict, internal: Path) -> Datasett
         database="s",
         directory=directory / name,
         extra_args=["-c", str(config), "--internal", str(internal)],
+        # One hash seed for all: string hashing then lays out dicts alike in every sender,
+        # one source less of the differences between processes running the same code.
+        env={"PYTHONHASHSEED": "0"},
     )
 
 
-async def drive(server: DatasetteReceiver, requests: int, clients: int) -> tuple[float, float]:
-    """Post ``requests`` single-row inserts from ``clients`` keep-alive clients at once.
+@dataclass
+class Round:
+    """What the senders of one kind did in one round (or in one block): requests, the
+    seconds they took, and each request's latency."""
 
-    Returns (requests/s, p50 latency in ms).
-    """
+    requests: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    def add(self, other: Round) -> None:
+        self.requests += other.requests
+        self.seconds += other.seconds
+        self.latencies_ms += other.latencies_ms
+
+
+def client_pool(server: DatasetteReceiver, clients: int) -> list[httpx.AsyncClient]:
+    """``clients`` keep-alive clients allowed to insert into ``server``."""
     headers = {"Authorization": f"Bearer {server.token}"}
+    # uvicorn closes a connection idle for 5 s; a client that reused one at that moment would
+    # fail (httpx.ReadError): let the client close it first.
+    limits = httpx.Limits(keepalive_expiry=4.0)
+    return [httpx.AsyncClient(headers=headers, timeout=30, limits=limits) for _ in range(clients)]
+
+
+async def create_table(server: DatasetteReceiver) -> None:
+    """Create the table the benchmark inserts into (and pay for the first request's imports)."""
+    headers = {"Authorization": f"Bearer {server.token}"}
+    async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+        response = await client.post(
+            f"{server.db_url}/-/create", json={"table": "t", "row": {"n": -1}}
+        )
+        assert response.status_code == 201, response.text
+
+
+async def block(server: DatasetteReceiver, pool: list[httpx.AsyncClient], requests: int) -> Round:
+    """Post ``requests`` single-row inserts, spread over the clients of ``pool`` at once."""
     url = f"{server.db_url}/t/-/insert"
     latencies: list[float] = []
 
-    async def one_client(count: int) -> None:
-        async with httpx.AsyncClient(headers=headers, timeout=30) as client:
-            for n in range(count):
-                before = time.perf_counter()
-                response = await client.post(url, json={"row": {"n": n}})
-                latencies.append(time.perf_counter() - before)
-                assert response.status_code == 201, response.text
+    async def one_client(client: httpx.AsyncClient, count: int) -> None:
+        for n in range(count):
+            before = time.perf_counter()
+            response = await client.post(url, json={"row": {"n": n}})
+            latencies.append((time.perf_counter() - before) * 1000)
+            assert response.status_code == 201, response.text
 
-    async with httpx.AsyncClient(headers=headers, timeout=30) as client:
-        await client.post(f"{server.db_url}/-/create", json={"table": "t", "row": {"n": -1}})
     started = time.perf_counter()
-    await asyncio.gather(*(one_client(requests // clients) for _ in range(clients)))
-    elapsed = time.perf_counter() - started
-    return len(latencies) / elapsed, statistics.median(latencies) * 1000
+    await asyncio.gather(*(one_client(client, requests // len(pool)) for client in pool))
+    return Round(len(latencies), time.perf_counter() - started, latencies)
+
+
+async def interleaved(
+    senders: dict[str, list[DatasetteReceiver]], clients: int, rounds: int, block_size: int
+) -> tuple[dict[str, list[Round]], dict[str, float]]:
+    """``rounds`` rounds in which every sender process posts one block of ``block_size``
+    requests from ``clients`` keep-alive clients, taking turns in an order rotated each
+    round. Returns each kind's results (all its instances together) and each instance's
+    (``kind#1``, ``kind#2``...), round by round, and each kind's CPU time per request in
+    ms over the rounds and the 2 s after them (its delivery of the last events)."""
+    turns = [
+        (f"{kind}#{number}", kind, server)
+        for kind, servers in senders.items()
+        for number, server in enumerate(servers, 1)
+    ]
+    pools = {name: client_pool(server, clients) for name, _, server in turns}
+    results: dict[str, list[Round]] = {name: [] for name in [*senders, *(t[0] for t in turns)]}
+    try:
+        for name, _, server in turns:  # connect every client, warm every server
+            for _ in range(max(1, 100 // block_size)):
+                await block(server, pools[name], block_size)
+        before = {name: cpu_seconds(server.process.pid) for name, _, server in turns}  # type: ignore[union-attr]
+        for round_number in range(rounds):
+            shift = round_number % len(turns)
+            this_round = {name: Round() for name in results}
+            for name, kind, server in turns[shift:] + turns[:shift]:
+                done = await block(server, pools[name], block_size)
+                this_round[kind].add(done)
+                this_round[name].add(done)
+            for name, entry in this_round.items():
+                results[name].append(entry)
+        await asyncio.sleep(2.0)
+        cpu = {
+            kind: sum(
+                cpu_seconds(server.process.pid) - before[name]  # type: ignore[union-attr]
+                for name, of_kind, server in turns
+                if of_kind == kind
+            )
+            * 1000
+            / sum(r.requests for r in results[kind])
+            for kind in senders
+        }
+    finally:
+        for pool in pools.values():
+            for client in pool:
+                await client.aclose()
+    return results, cpu
 
 
 def make_events(count: int) -> list[Event]:
@@ -170,21 +259,30 @@ async def delivery(
 
 
 def paired(
-    runs: list[tuple[float, float]],
-    baseline: list[tuple[float, float]],
-    index: int,
-    combine: Callable[[float, float], float],
+    runs: list[Round], baseline: list[Round], measure: Callable[[Round, Round], float]
 ) -> float:
-    """The median over rounds of ``combine`` of a run's measure ``index`` and its baseline's
-    in the same round."""
-    pairs = zip(runs, baseline, strict=True)
-    return statistics.median(combine(run[index], base[index]) for run, base in pairs)
+    """The median over rounds of ``measure`` of a kind's round and its baseline's round."""
+    return statistics.median(measure(run, base) for run, base in zip(runs, baseline, strict=True))
+
+
+def ratio(run: Round, base: Round) -> float:
+    return run.rate / base.rate
+
+
+def delta_p50(run: Round, base: Round) -> float:
+    return run.p50 - base.p50
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=960, help="Per round and sender.")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=40, help="Rounds at each client count.")
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=0,
+        help="Requests per sender and round (default: 24, or 3 per client if more).",
+    )
+    parser.add_argument("--instances", type=int, default=2, help="Sender processes per kind.")
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument(
         "--clients", default=",".join(map(str, CLIENTS)), help="Concurrent clients, e.g. 1,4,16."
@@ -204,43 +302,33 @@ async def main() -> None:
         directory = Path(tmp)
         with DatasetteReceiver(directory=directory / "receiver") as receiver:
             plugin_on = {"api_url": f"{receiver.db_url}/-/create", "api_token": receiver.token}
+            plugins = {"off": {}, "on": plugin_on, "fsync": {**plugin_on, "durability": "fsync"}}
             senders = {
-                "off": sender(directory, "off", {}, directory / "off-internal.db"),
-                "on": sender(directory, "on", plugin_on, directory / "on-internal.db"),
-                "fsync": sender(
-                    directory,
-                    "fsync",
-                    {**plugin_on, "durability": "fsync"},
-                    directory / "fsync-internal.db",
-                ),
+                kind: [
+                    sender(directory, f"{kind}{n}", plugin, directory / f"{kind}{n}-internal.db")
+                    for n in range(1, args.instances + 1)
+                ]
+                for kind, plugin in plugins.items()
             }
-            results: dict[tuple[str, int], list[tuple[float, float]]] = {}
-            cpu: dict[tuple[str, int], float] = {}  # the sender's CPU ms per request
-            for server in senders.values():
+            every = [server for servers in senders.values() for server in servers]
+            results: dict[int, dict[str, list[Round]]] = {}
+            cpu: dict[tuple[str, int], float] = {}  # each kind's CPU ms per request
+            for server in every:
                 server.start()
             if pinned:
                 pin(receiver.process.pid, {1})  # type: ignore[union-attr]
-                for server in senders.values():
+                for server in every:
                     pin(server.process.pid, {0})  # type: ignore[union-attr]
             try:
-                for server in senders.values():  # warm up: first requests pay for imports
-                    await drive(server, 100, 1)
-                names = list(senders)
+                for server in every:  # the first requests pay for imports
+                    await create_table(server)
                 for clients in clients_list:
-                    before = {name: cpu_seconds(senders[name].process.pid) for name in names}  # type: ignore[union-attr]
-                    for round_number in range(args.rounds):
-                        # Each round drives every sender once, in an order rotated from round
-                        # to round, so no sender always follows the same one.
-                        shift = round_number % len(names)
-                        for name in names[shift:] + names[:shift]:
-                            runs = results.setdefault((name, clients), [])
-                            runs.append(await drive(senders[name], args.requests, clients))
-                    await asyncio.sleep(2.0)  # the last events' delivery belongs to this part
-                    for name in names:
-                        used = cpu_seconds(senders[name].process.pid) - before[name]  # type: ignore[union-attr]
-                        cpu[(name, clients)] = used / (args.rounds * args.requests) * 1000
+                    size = args.block or max(24, 3 * clients)
+                    results[clients], used = await interleaved(senders, clients, args.rounds, size)
+                    for kind, ms in used.items():
+                        cpu[(kind, clients)] = ms
             finally:
-                for server in senders.values():
+                for server in every:
                     server.close()
             where = (
                 "senders on core 0, receiver and clients on core 1"
@@ -248,33 +336,46 @@ async def main() -> None:
                 else "not pinned: the receiver's work competes with the senders'"
             )
             print(
-                f"sender, medians of {args.rounds} rounds of {args.requests} single-row inserts "
-                f"({where})"
+                f"sender, {args.rounds} rounds; in each, every one of {len(every)} sender "
+                f"processes ({args.instances} of each kind) posts a block of single-row "
+                f"inserts in turn ({where})"
             )
             print(
                 "  (ratios and Δp50: the median over rounds of each round's own ratio and"
-                " difference, which a drift of the machine's speed between rounds cancels)"
+                " difference; off÷off: one 'off' process against another, the noise floor)"
             )
             print(
                 "  clients   off req/s  on req/s  on÷off   p50 off  p50 on   Δp50"
-                "   fsync req/s  fsync÷off"
+                "   fsync req/s  fsync÷off  off÷off"
             )
             for clients in clients_list:
-                runs = {name: results[(name, clients)] for name in senders}
-                rate = {name: statistics.median(r[0] for r in runs[name]) for name in senders}
-                p50 = {name: statistics.median(r[1] for r in runs[name]) for name in senders}
-
-                on_ratio = paired(runs["on"], runs["off"], 0, operator.truediv)
-                fsync_ratio = paired(runs["fsync"], runs["off"], 0, operator.truediv)
-                delta = paired(runs["on"], runs["off"], 1, operator.sub)
+                runs = results[clients]
+                rate = {kind: statistics.median(r.rate for r in runs[kind]) for kind in senders}
+                p50 = {kind: statistics.median(r.p50 for r in runs[kind]) for kind in senders}
+                noise = (
+                    f"{paired(runs['off#2'], runs['off#1'], ratio):>8.3f}"
+                    if args.instances > 1
+                    else "       -"
+                )
                 print(
                     f"  {clients:>7} {rate['off']:>11.0f} {rate['on']:>9.0f} "
-                    f"{on_ratio:>7.3f} {p50['off']:>8.2f} {p50['on']:>7.2f} "
-                    f"{delta:>+6.2f} {rate['fsync']:>13.0f} {fsync_ratio:>10.3f}"
+                    f"{paired(runs['on'], runs['off'], ratio):>7.3f} {p50['off']:>8.2f} "
+                    f"{p50['on']:>7.2f} {paired(runs['on'], runs['off'], delta_p50):>+6.2f} "
+                    f"{rate['fsync']:>13.0f} {paired(runs['fsync'], runs['off'], ratio):>10.3f} "
+                    f"{noise}"
                 )
-                each = zip(runs["on"], runs["off"], strict=True)
-                ratios = ", ".join(f"{on[0] / off[0]:.3f}" for on, off in each)
-                print(f"          rounds on÷off: {ratios}")
+                quartiles = statistics.quantiles(
+                    (ratio(on, off) for on, off in zip(runs["on"], runs["off"], strict=True)),
+                    n=4,
+                )
+                print(
+                    f"          rounds on÷off: quartiles {quartiles[0]:.3f} / {quartiles[1]:.3f} "
+                    f"/ {quartiles[2]:.3f}; per instance on÷off: "
+                    + ", ".join(
+                        f"{paired(runs[f'on#{n}'], runs['off'], ratio):.3f}"
+                        for n in range(1, args.instances + 1)
+                    )
+                )
                 print(
                     f"          sender CPU per request (delivery included): off "
                     f"{cpu[('off', clients)]:.2f} ms, on {cpu[('on', clients)]:.2f} ms "
