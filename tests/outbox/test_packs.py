@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -65,6 +66,14 @@ VERSION_2 = """
     create table eventsink_meta (key text primary key, value);
     insert into eventsink_meta values ('schema_version', 2);
 """
+
+
+def version_2_outbox(directory: Path, rows: str) -> Path:
+    """An outbox file as eventsink's schema version 2 wrote it, holding ``rows`` (SQL)."""
+    path = directory / "outbox.db"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(VERSION_2 + rows)
+    return path
 
 
 text = st.text(st.characters(codec="utf-8"), max_size=12)
@@ -241,15 +250,13 @@ async def test_the_packs_of_a_process_killed_return_whole(tmp_path):
 
 
 async def test_an_outbox_of_schema_version_2_is_upgraded_in_place(tmp_path):
-    path = tmp_path / "outbox.db"
-    with sqlite3.connect(path) as connection:
-        connection.executescript(
-            VERSION_2
-            + """
-            insert into eventsink_outbox (destination, id, table_name, instance, created, data)
-                values ('a', '01J00000000000000000000001', 't', 'old', 'now', '{"n": 1}');
-            """
-        )
+    path = version_2_outbox(
+        tmp_path,
+        """
+        insert into eventsink_outbox (destination, id, table_name, instance, created, data)
+            values ('a', '01J00000000000000000000001', 't', 'old', 'now', '{"n": 1}');
+        """,
+    )
     outbox = SQLiteOutbox(path)
     assert (await outbox.open(["a"]))["a"].pending == 1
     events = make_events(MANY)
@@ -392,17 +399,15 @@ async def test_a_holder_presumed_dead_never_deletes_what_is_not_its_own(tmp_path
 
 
 async def test_an_outbox_of_schema_version_2_keeps_its_seqs_and_never_reuses_them(tmp_path):
-    path = tmp_path / "outbox.db"
-    with sqlite3.connect(path) as connection:
-        connection.executescript(
-            VERSION_2
-            + """
-            insert into eventsink_outbox (seq, destination, id, table_name, instance, created,
-                data, attempts, last_error) values
-                (7, 'a', '01J00000000000000000000007', 't', 'old', 'now', '{"n": 7}', 2, 'x'),
-                (9, 'a', '01J00000000000000000000009', 't', 'old', 'now', '{"n": 9}', 0, null);
-            """
-        )
+    path = version_2_outbox(
+        tmp_path,
+        """
+        insert into eventsink_outbox (seq, destination, id, table_name, instance, created,
+            data, attempts, last_error) values
+            (7, 'a', '01J00000000000000000000007', 't', 'old', 'now', '{"n": 7}', 2, 'x'),
+            (9, 'a', '01J00000000000000000000009', 't', 'old', 'now', '{"n": 9}', 0, null);
+        """,
+    )
     outbox = SQLiteOutbox(path)
     assert (await outbox.open(["a"]))["a"].pending == 2
     leased = await outbox.lease("a", 10)
