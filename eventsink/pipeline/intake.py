@@ -257,6 +257,42 @@ class Intake:
                 raise ClosedError("the pipeline is closed and accepts no more events")
         # drop_oldest: accept; the writer task drops the oldest rows after appending.
 
+    def put_on_loop(
+        self,
+        event: Event,
+        *,
+        wait_committed: bool,
+        sinks: frozenset[str] | None = None,
+        wake: bool = True,
+    ) -> tuple[bool, asyncio.Future[None] | None]:
+        """Accept ``event`` on the loop thread unless it must wait for room: ``(True, the
+        future of its group's commit)`` (to be awaited shielded; ``None`` without
+        ``wait_committed``), or ``(False, None)``, and nothing changed (:meth:`put_async`
+        waits). Raises for an event the overflow policy drops, or a closed intake.
+
+        ``wake=False``: the caller stores the buffer itself, or wakes the writer if it cannot.
+        """
+        copies = None if sinks is None else len(sinks)
+        size = self._size(event, copies)
+        with self._lock:
+            if self.closed:
+                raise ClosedError("the pipeline is closed and accepts no more events")
+            full = self._full(size, copies)
+            if full and self.overflow == "drop_newest":
+                self.count_drop("overflow", 1)
+                raise OverflowDropped(self._describe_full(copies))
+            if full and (self.overflow != "drop_oldest" or self._unsettled()):
+                return False, None
+            became_busy = self._accept(event, size, sinks)
+            group = None
+            if wait_committed:
+                if self._group is None:
+                    self._group = asyncio.get_running_loop().create_future()
+                group = self._group
+        if became_busy and wake:
+            self._wake()
+        return True, group
+
     async def put_async(
         self,
         event: Event,
@@ -265,35 +301,14 @@ class Intake:
         sinks: frozenset[str] | None = None,
         wake: bool = True,
     ) -> asyncio.Future[None] | None:
-        """Accept ``event`` on the loop thread; with ``wait_committed`` return the future of
-        its group's commit (to be awaited shielded), else ``None``.
-
-        ``wake=False``: the caller stores the buffer itself, or wakes the writer if it cannot.
-        """
-        copies = None if sinks is None else len(sinks)
-        size = self._size(event, copies)
+        """:meth:`put_on_loop`, waiting for room as long as it takes; returns the future."""
         while True:
-            with self._lock:
-                if self.closed:
-                    raise ClosedError("the pipeline is closed and accepts no more events")
-                full = self._full(size, copies)
-                if (
-                    not full
-                    or self.overflow == "drop_newest"
-                    or (self.overflow == "drop_oldest" and not self._unsettled())
-                ):
-                    if full and self.overflow == "drop_newest":
-                        self.count_drop("overflow", 1)
-                        raise OverflowDropped(self._describe_full(copies))
-                    became_busy = self._accept(event, size, sinks)
-                    if wait_committed and self._group is None:
-                        self._group = asyncio.get_running_loop().create_future()
-                    group = self._group
-                    break
+            accepted, group = self.put_on_loop(
+                event, wait_committed=wait_committed, sinks=sinks, wake=wake
+            )
+            if accepted:
+                return group
             await self.capacity.wait_for_space_async()
-        if became_busy and wake:
-            self._wake()
-        return group if wait_committed else None
 
     # -- the loop side ---------------------------------------------------------------------
 
@@ -326,8 +341,10 @@ class Intake:
     def committed(self, count: int) -> None:
         """The writer has committed (or dropped) ``count`` taken events: make room."""
         with self._lock:
+            was_unsettled = self._unsettled()
             self.uncommitted = max(0, self.uncommitted - count)
-        self.capacity.release_waiters()
+        if was_unsettled:  # only writers waiting for max_uncommitted wait for a commit
+            self.capacity.release_waiters()
 
     def count_drop(self, reason: str, count: int) -> None:
         """Count dropped events by reason; log at most once a minute per reason."""

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -319,15 +319,64 @@ class Pipeline:
         if event is None:
             self.intake.count_drop("filtered", 1)
             return None
-        durable = wait_committed and self.outbox.durable
-        group = await self.intake.put_async(
-            event, wait_committed=durable, sinks=chosen, wake=not durable
-        )
-        if group is not None:
-            if not self._append_now():
-                self._wake_from_any_thread()
-            await asyncio.shield(group)
+        pending = self._accept_on_loop(event, chosen, wait_committed=wait_committed)
+        if pending is not None:
+            await pending
         return event.id
+
+    def write_on_loop(
+        self,
+        table: str,
+        data: Mapping[str, Any],
+        *,
+        created: str | None = None,
+        sinks: Collection[str] | None = None,
+    ) -> Awaitable[None] | None:
+        """Accept one event on the loop thread as :meth:`write_async` does, and return
+        ``None`` once it is committed (or filtered out); when it must wait, an awaitable that
+        completes once it is committed, and raises as :meth:`write_async` would.
+
+        For code on the request path (the Datasette plugin's ``track_event``): an event that
+        finds the outbox idle is committed on the calling task, and no coroutine, future or
+        task is made for it.
+        """
+        chosen = None if sinks is None else self.choose_sinks(sinks)
+        event = self.factory.make(table, data, created=created)
+        if event is None:
+            self.intake.count_drop("filtered", 1)
+            return None
+        return self._accept_on_loop(event, chosen, wait_committed=True)
+
+    def _accept_on_loop(
+        self, event: Event, sinks: frozenset[str] | None, *, wait_committed: bool
+    ) -> Awaitable[None] | None:
+        """Accept ``event`` now, unless it must wait for room; store it now if the outbox can.
+        Returns what is left to await: nothing, the commit, or room and then the commit."""
+        durable = wait_committed and self.outbox.durable
+        accepted, group = self.intake.put_on_loop(
+            event, wait_committed=durable, sinks=sinks, wake=not durable
+        )
+        if not accepted:
+            return self._put_async(event, sinks, durable=durable)
+        return self._until_committed(group)
+
+    async def _put_async(
+        self, event: Event, sinks: frozenset[str] | None, *, durable: bool
+    ) -> None:
+        group = await self.intake.put_async(
+            event, wait_committed=durable, sinks=sinks, wake=not durable
+        )
+        pending = self._until_committed(group)
+        if pending is not None:
+            await pending
+
+    def _until_committed(self, group: asyncio.Future[None] | None) -> Awaitable[None] | None:
+        """What is left to await of ``group``, the commit of buffered events (``None`` when
+        not waited for): nothing once they are stored on the calling task."""
+        if group is None or self._append_now():
+            return None
+        self._wake_from_any_thread()
+        return asyncio.shield(group)
 
     def choose_sinks(self, sinks: Collection[str] | None) -> frozenset[str] | None:
         """``sinks`` checked against this pipeline's sink names; ``None`` for all of them.

@@ -1,5 +1,6 @@
-"""``write_async`` stores its event on the caller's task when the outbox can commit at once,
-and leaves everything else to the writer task: nothing is lost, doubled or reordered either way.
+"""``write_async`` and ``write_on_loop`` store their event on the caller's task when the outbox
+can commit at once, and leave everything else to the writer task: nothing is lost, doubled or
+reordered either way.
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventsink.exceptions import EventError, OverflowDropped
 from eventsink.outbox.sqlite import SQLiteOutbox
 from eventsink.testing import async_wait_until
 
@@ -154,3 +160,114 @@ class TestAppendNow:
         assert pipeline.intake.uncommitted == 0
         pipeline.sinks["memory"].gate.set()
         await pipeline.close()
+
+
+class TestWriteOnLoop:
+    """``write_on_loop``: ``None`` once the event is committed; an awaitable when it must wait."""
+
+    async def test_a_lone_event_is_committed_before_it_returns(self, tmp_path):
+        outbox = CountingOutbox(tmp_path / "outbox.db")
+        pipeline = gated_pipeline(outbox)
+        await pipeline.start()
+        for n in range(20):
+            assert pipeline.write_on_loop("t", {"n": n}) is None
+            assert len(stored_ids(tmp_path / "outbox.db")) == n + 1  # in the file already
+        intake = pipeline.intake
+        assert (intake.accepted, intake.uncommitted, len(intake)) == (20, 0, 0)
+        sink = (await pipeline.status())["sinks"]["memory"]
+        assert intake.rows == 20 == sink["pending"] + sink["in_flight"]
+        assert (outbox.now, outbox.later) == (20, 0)
+        pipeline.sinks["memory"].gate.set()
+        assert await pipeline.flush(timeout=10)
+        assert [event.data["n"] for event in pipeline.sinks["memory"].events] == list(range(20))
+        assert intake.rows == 0
+        await pipeline.close()
+
+    async def test_events_that_wait_for_another_process_keep_their_order(self, tmp_path):
+        path = tmp_path / "outbox.db"
+        outbox = CountingOutbox(path)
+        pipeline = gated_pipeline(outbox)
+        await pipeline.start()
+        assert pipeline.write_on_loop("t", {"n": 0}) is None
+        with another_process_writing(path):
+            waiting = [pipeline.write_on_loop("t", {"n": n}) for n in (1, 2, 3)]
+            assert all(pending is not None for pending in waiting)
+            assert pipeline.intake.uncommitted == 3
+        await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        last = pipeline.write_on_loop("t", {"n": 4})  # the outbox thread may still be busy
+        if last is not None:
+            await last
+        pipeline.sinks["memory"].gate.set()
+        assert await pipeline.flush(timeout=10)
+        assert [event.data["n"] for event in pipeline.sinks["memory"].events] == [0, 1, 2, 3, 4]
+        assert pipeline.intake.uncommitted == 0 and pipeline.intake.rows == 0
+        await pipeline.close()
+
+    async def test_a_full_outbox_refuses_through_the_awaitable(self, tmp_path):
+        outbox = CountingOutbox(tmp_path / "outbox.db")
+        pipeline = gated_pipeline(outbox, max_events=2, overflow="drop_newest")
+        await pipeline.start()
+        assert pipeline.write_on_loop("t", {"n": 0}) is None
+        assert pipeline.write_on_loop("t", {"n": 1}) is None
+        with pytest.raises(OverflowDropped, match="maximum of 2"):
+            pipeline.write_on_loop("t", {"n": 2})
+        assert pipeline.intake.dropped == {"overflow": 1}
+        assert pipeline.intake.rows == 2 and len(stored_ids(tmp_path / "outbox.db")) == 2
+        pipeline.sinks["memory"].gate.set()
+        await pipeline.close()
+
+    async def test_filtered_and_invalid_events(self, tmp_path):
+        outbox = CountingOutbox(tmp_path / "outbox.db")
+        pipeline = gated_pipeline(outbox)
+        pipeline.factory.filters.append(lambda event: event.data.get("keep", True))
+        await pipeline.start()
+        assert pipeline.write_on_loop("t", {"keep": False}) is None
+        assert pipeline.intake.dropped == {"filtered": 1}
+        with pytest.raises(EventError) as raised:
+            pipeline.write_on_loop("t", {"id": "spoof"})
+        assert raised.value.field == "id"
+        with pytest.raises(EventError, match="sinks names 'other'"):
+            pipeline.write_on_loop("t", {"n": 1}, sinks=["other"])
+        assert stored_ids(tmp_path / "outbox.db") == [] and pipeline.intake.accepted == 0
+        pipeline.sinks["memory"].gate.set()
+        await pipeline.close()
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None)
+@given(steps=st.lists(st.booleans(), min_size=1, max_size=30), yields=st.integers(0, 3))
+def test_any_interleaving_of_writes_and_locks_commits_all_in_order(tmp_path_factory, steps, yields):
+    """Whether each event is committed at once or waits for another writer to let go, the
+    outbox ends up with every event exactly once, in the order written."""
+
+    async def run() -> None:
+        path = tmp_path_factory.mktemp("interleaving") / "outbox.db"
+        outbox = CountingOutbox(path)
+        pipeline = gated_pipeline(outbox)
+        await pipeline.start()
+        other = sqlite3.connect(path, isolation_level=None)
+        pending, written = [], 0
+        for write in steps:
+            if write:
+                waiting = pipeline.write_on_loop("t", {"n": written})
+                written += 1
+                if waiting is not None:
+                    pending.append(asyncio.ensure_future(waiting))
+            elif other.in_transaction:
+                other.execute("rollback")
+            else:
+                other.execute("begin immediate")
+            for _ in range(yields):
+                await asyncio.sleep(0)
+        if other.in_transaction:
+            other.execute("rollback")
+        other.close()
+        await asyncio.wait_for(asyncio.gather(*pending), 10)
+        pipeline.sinks["memory"].gate.set()
+        assert await pipeline.flush(timeout=10)
+        events = pipeline.sinks["memory"].events
+        assert [event.data["n"] for event in events] == list(range(written))
+        assert pipeline.intake.uncommitted == 0 and pipeline.intake.rows == 0
+        await pipeline.close()
+
+    asyncio.run(run())
