@@ -34,6 +34,7 @@ import logging
 import re
 import sys
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Any
@@ -559,71 +560,44 @@ def track_event(datasette: Any, event: Any) -> Any:
         if target is None:
             return None
         created = event_created(event)
+        pipeline = state.pipeline
+        if pipeline is None:
+            pending = _start_and_write(datasette, state, target, data, created)
+        else:
+            # Most events are committed here, at once: no coroutine, and no timer.
+            pending = pipeline.write_on_loop(
+                target.table, data, created=created, sinks=target.sinks
+            )
     except Exception as error:  # an event must never fail the request that caused it
         state.record_error(error)
         return None
-    return _enqueue(datasette, state, target, data, created)
+    return None if pending is None else _wait_for_commit(state, pending)
 
 
-async def _enqueue(
+async def _start_and_write(
     datasette: Any, state: PluginState, target: Target, data: dict[str, Any], created: str
 ) -> None:
-    # Waits for the grouped local commit only, and at most HOOK_TIMEOUT: whatever happens in
-    # eventsink, the request that caused the event neither fails nor hangs. A refused event is
-    # counted and logged, at most once a minute for each Datasette instance.
-    async def record() -> None:
-        pipeline = state.pipeline or await _start_pipeline(datasette, state)
-        if pipeline is not None:
-            await pipeline.write_async(target.table, data, created=created, sinks=target.sinks)
+    pipeline = await _start_pipeline(datasette, state)
+    if pipeline is not None:
+        pending = pipeline.write_on_loop(target.table, data, created=created, sinks=target.sinks)
+        if pending is not None:
+            await pending
 
-    recording = record()
-    try:
-        # Most events are committed at once on this task, without waiting for anything: the
-        # first step runs here, and only an event that must wait gets a timeout (a timer
-        # handle per request on the serving loop's heap costs more than the commit).
-        waiting_for = recording.send(None)
-    except StopIteration:
-        return
-    except Exception as error:
-        state.record_error(error)
-        return
+
+async def _wait_for_commit(state: PluginState, pending: Awaitable[None]) -> None:
+    # At most HOOK_TIMEOUT: whatever happens in eventsink, the request that caused the event
+    # neither fails nor hangs. A refused event is counted and logged, at most once a minute
+    # for each Datasette instance.
     try:
         if sys.version_info >= (3, 11):
-            async with asyncio.timeout(HOOK_TIMEOUT):
-                await _Resumed(recording, waiting_for)
+            async with asyncio.timeout(HOOK_TIMEOUT):  # no task of its own, unlike wait_for
+                await pending
         else:  # pragma: no cover - Python 3.10
-            await asyncio.wait_for(_resume(recording, waiting_for), HOOK_TIMEOUT)
+            await asyncio.wait_for(pending, HOOK_TIMEOUT)
     except (TimeoutError, asyncio.TimeoutError):
         state.record_error(TimeoutError(f"not committed within {HOOK_TIMEOUT:g} s"))
     except Exception as error:
         state.record_error(error)
-
-
-class _Resumed:
-    """Await a coroutine already run to its first suspension, ``waiting_for``: what it gave
-    the task to wait for. The task's wake-ups (and a cancellation) pass on to the coroutine,
-    as ``await`` would have passed them from the start."""
-
-    def __init__(self, coroutine: Any, waiting_for: Any) -> None:
-        self._coroutine = coroutine
-        self._waiting_for = waiting_for
-
-    def __await__(self) -> Any:
-        coroutine, waiting_for = self._coroutine, self._waiting_for
-        while True:
-            try:
-                try:
-                    yield waiting_for
-                except BaseException as error:  # cancelled (the timeout), or closed
-                    waiting_for = coroutine.throw(error)
-                else:
-                    waiting_for = coroutine.send(None)
-            except StopIteration as done:
-                return done.value
-
-
-async def _resume(coroutine: Any, waiting_for: Any) -> Any:  # pragma: no cover - Python 3.10
-    return await _Resumed(coroutine, waiting_for)
 
 
 @hookimpl

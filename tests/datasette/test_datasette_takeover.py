@@ -132,30 +132,37 @@ class TestRequestsNeverFail:
             state = get_state(datasette)
             pipeline = get_pipeline(datasette)
 
-            async def broken(*args, **kwargs):
+            def broken(*args, **kwargs):
                 raise RuntimeError("Event loop is closed")
 
-            async def stuck(*args, **kwargs):
-                await asyncio.Event().wait()
+            async def fails_later():
+                await asyncio.sleep(0)
+                raise RuntimeError("Event loop is closed")
+
+            def stuck(*args, **kwargs):
+                return asyncio.Event().wait()
 
             with caplog.at_level(logging.WARNING, logger="eventsink"):
-                monkeypatch.setattr(pipeline, "write_async", broken)
+                monkeypatch.setattr(pipeline, "write_on_loop", broken)
                 await write(
                     datasette, f"/{_db(datasette)}/-/create", {"table": "a", "row": {"a": 1}}
                 )
                 assert state.hook_errors == 2  # create-table and insert-rows
-                monkeypatch.setattr(plugin, "HOOK_TIMEOUT", 0.05)
-                monkeypatch.setattr(pipeline, "write_async", stuck)
+                monkeypatch.setattr(pipeline, "write_on_loop", lambda *a, **k: fails_later())
                 await write(datasette, f"/{_db(datasette)}/a/-/insert", {"rows": [{"a": 2}]})
                 assert state.hook_errors == 3
-                monkeypatch.setattr(plugin, "event_row", lambda event: 1 / 0)
+                monkeypatch.setattr(plugin, "HOOK_TIMEOUT", 0.05)
+                monkeypatch.setattr(pipeline, "write_on_loop", stuck)
                 await write(datasette, f"/{_db(datasette)}/a/-/insert", {"rows": [{"a": 2}]})
                 assert state.hook_errors == 4
-                assert pipeline.intake.dropped["plugin_error"] == 3  # the timeout may commit
+                monkeypatch.setattr(plugin, "event_row", lambda event: 1 / 0)
+                await write(datasette, f"/{_db(datasette)}/a/-/insert", {"rows": [{"a": 2}]})
+                assert state.hook_errors == 5
+                assert pipeline.intake.dropped["plugin_error"] == 4  # the timeout may commit
                 response = await datasette.client.get(
                     "/-/eventsink.json", headers={"Authorization": f"Bearer {datasette.test_token}"}
                 )
-                assert response.json()["hook_errors"] == 4
+                assert response.json()["hook_errors"] == 5
         messages = [r.getMessage() for r in caplog.records if "not recorded" in r.getMessage()]
         assert messages[0].endswith("RuntimeError: Event loop is closed")
         assert len(messages) == 1  # throttled: once a minute
@@ -177,7 +184,7 @@ class TestRequestsNeverFail:
                 waited.append(await original(*args, **kwargs))
                 await asyncio.sleep(0)
 
-            monkeypatch.setattr(pipeline, "write_async", slow)
+            monkeypatch.setattr(pipeline, "write_on_loop", slow)
             await write(datasette, f"/{_db(datasette)}/-/create", {"table": "w", "row": {"a": 1}})
             assert len(waited) == 2 and all(waited)  # create-table and insert-rows
             assert state.hook_errors == 0
