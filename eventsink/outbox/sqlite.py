@@ -331,13 +331,25 @@ class Runner:
         runner may do on the calling thread when that is cheaper than a thread hop."""
         raise NotImplementedError
 
-    def run_now(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+    def run_now(
+        self, fn: Callable[[sqlite3.Connection], T], *, one_statement: bool = False
+    ) -> tuple[bool, T | None]:
         """Run a few rows' work ``fn`` in a transaction on the calling thread if that needs no
-        waiting: ``(True, result)``; ``(False, None)`` when it cannot (``fn`` did not run)."""
+        waiting: ``(True, result)``; ``(False, None)`` when it cannot (``fn`` did not run, or
+        changed nothing). ``one_statement``: ``fn`` executes a single statement, which is its
+        own transaction."""
         return False, None
 
     async def close(self) -> None:
         pass
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    """Whether ``error`` says another connection holds the lock (``SQLITE_BUSY``)."""
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_BUSY
+    return "locked" in str(error)  # pragma: no cover - Python 3.10
 
 
 def _commit_after(connection: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -406,11 +418,22 @@ class ThreadRunner(Runner):
         finally:
             self._queued -= 1
 
-    def run_now(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+    def run_now(
+        self, fn: Callable[[sqlite3.Connection], T], *, one_statement: bool = False
+    ) -> tuple[bool, T | None]:
         connection = self._inline
         if self._queued or connection is None or not self._lock.acquire(blocking=False):
             return False, None
         try:
+            if one_statement:  # it commits itself: two round trips into SQLite fewer
+                try:
+                    return True, fn(connection)
+                except sqlite3.OperationalError as error:
+                    if connection.in_transaction:  # SQLite ends it; never leave one open
+                        connection.execute("rollback")
+                    if _is_busy(error):  # another writer holds the lock: nothing was written
+                        return False, None
+                    raise
             try:
                 connection.execute("begin immediate")
             except sqlite3.OperationalError:  # another writer holds the lock: not here
@@ -640,7 +663,12 @@ class SQLiteOutbox(Outbox):
         rows = sum(len(events) for events in batches.values())
         if rows > SMALL_APPEND or self._acked or self._acked_packs:  # for the outbox thread
             return None
-        done, result = self.runner.run_now(self._insert_job(batches, lease_for))
+        # At most SMALL_APPEND rows: for one destination, one multi-row insert, which commits
+        # itself.
+        one_statement = sum(1 for events in batches.values() if events) == 1
+        done, result = self.runner.run_now(
+            self._insert_job(batches, lease_for), one_statement=one_statement
+        )
         return self._hold(batches, self._inserted(*result)) if done else None  # type: ignore[misc]
 
     def _inserted(

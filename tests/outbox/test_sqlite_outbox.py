@@ -563,3 +563,45 @@ class TestSmallWorkInline:
         await runner.run(lambda connection: where.append(threading.get_ident()), small=True)
         assert threading.get_ident() not in where
         await runner.close()
+
+
+class TestOneStatementInline:
+    """``run_now(one_statement=True)``: the statement is its own transaction, no begin/commit."""
+
+    async def test_commits_by_itself_and_leaves_no_transaction_open(self, tmp_path):
+        from eventsink.outbox.sqlite import ThreadRunner
+
+        path = tmp_path / "o.db"
+        runner = ThreadRunner(str(path))
+        await runner.run(lambda connection: connection.execute("create table t (n unique)"))
+        done, _ = runner.run_now(
+            lambda connection: connection.execute("insert into t values (1)"), one_statement=True
+        )
+        assert done
+        with sqlite3.connect(path) as check:  # another connection sees it: committed
+            assert check.execute("select n from t").fetchall() == [(1,)]
+        with pytest.raises(sqlite3.IntegrityError):  # not a lock: the caller hears of it
+            runner.run_now(
+                lambda connection: connection.execute("insert into t values (1)"),
+                one_statement=True,
+            )
+        assert not runner._inline.in_transaction
+        await runner.close()
+
+    async def test_another_writers_lock_means_not_now_and_nothing_written(self, tmp_path):
+        from eventsink.outbox.sqlite import ThreadRunner
+
+        path = tmp_path / "o.db"
+        runner = ThreadRunner(str(path))
+        await runner.run(lambda connection: connection.execute("create table t (n)"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("begin immediate")
+        done, result = runner.run_now(
+            lambda connection: connection.execute("insert into t values (2)"), one_statement=True
+        )
+        assert (done, result) == (False, None)
+        assert not runner._inline.in_transaction
+        other.execute("commit")
+        assert other.execute("select count(*) from t").fetchone() == (0,)
+        other.close()
+        await runner.close()
