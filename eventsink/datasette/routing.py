@@ -34,6 +34,8 @@ from ..config import Option, validate_options
 from ..exceptions import ConfigError
 
 ANY_DATABASE = "*"
+TARGETS_KEPT = 1024
+_UNKNOWN = object()
 TEMPLATE_FIELDS = frozenset({"database", "instance", "event"})
 
 #: Keys a ``databases`` entry (or a database-level plugin block) may set.
@@ -111,6 +113,9 @@ class Router:
     def __init__(self, default: Route, databases: Mapping[str, Route] | None = None) -> None:
         self.default = default
         self.databases = dict(databases or {})
+        #: Targets already worked out, by (database, event, instance): a request's event then
+        #: costs one lookup instead of a route, a filter and a formatted table name.
+        self._targets: dict[tuple[str | None, str, str], Target | None] = {}
 
     def route(self, database: str | None) -> Route:
         if database is None:
@@ -122,6 +127,15 @@ class Router:
 
     def target(self, database: str | None, event: str, instance: str) -> Target | None:
         """The table and sinks of an event, or ``None`` when it is not forwarded."""
+        key = (database, event, instance)
+        target = self._targets.get(key, _UNKNOWN)
+        if target is _UNKNOWN:
+            if len(self._targets) >= TARGETS_KEPT:  # names without end: keep it bounded
+                self._targets.clear()
+            target = self._targets[key] = self._target(database, event, instance)
+        return target  # type: ignore[return-value]
+
+    def _target(self, database: str | None, event: str, instance: str) -> Target | None:
         route = self.route(database)
         if not route.wants(event):
             return None

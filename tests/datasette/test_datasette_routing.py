@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from datasette.app import Datasette
 from datasette.events import LoginEvent
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from eventsink.datasette import routing
 from eventsink.datasette.plugin import PluginConfigError, get_pipeline
 from eventsink.datasette.routing import Route, Router, parse_router
 from eventsink.exceptions import ConfigError
@@ -119,6 +122,34 @@ class TestRouter:
 
     def test_route_repr(self):
         assert "default=Route(table='t'" in repr(Router(Route("t")))
+
+    @settings(max_examples=50, deadline=None)
+    @given(
+        lookups=st.lists(
+            st.tuples(
+                st.sampled_from([None, "sales", "hr", "scratch", "audit", "x"]),
+                st.sampled_from(["login", "insert-rows", "update-row", "create-table"]),
+                st.sampled_from(["h1", "h2"]),
+            ),
+            max_size=60,
+        ),
+        kept=st.integers(1, 8),
+    )
+    def test_remembered_targets_are_the_ones_worked_out(self, lookups, kept):
+        """Targets are remembered per (database, event, instance), in a bounded table: every
+        answer is the one worked out afresh."""
+        databases = {
+            "*": {"table": "{database}_{event}", "exclude_events": ["update-row"]},
+            "scratch": {"events": []},
+            "audit": {"table": "audit_{instance}", "sinks": ["a"]},
+        }
+        routes = router(databases=databases, sink_names=["a", "b"])
+        fresh = router(databases=databases, sink_names=["a", "b"])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(routing, "TARGETS_KEPT", kept)
+            for lookup in lookups:
+                assert routes.target(*lookup) == fresh._target(*lookup)
+                assert len(routes._targets) <= kept
 
 
 @contextlib.asynccontextmanager
