@@ -1,6 +1,8 @@
 """Benchmark the Datasette plugin: request cost on the sender, delivery rate to the receiver.
 
 Run: ``python bench/bench_datasette.py [--rounds 40] [--instances 2] [--events 50000]``
+(``--before DIR``: senders running the eventsink of another checkout, with the plugin on, take
+their turns too, so a change is measured against its predecessor in the same run)
 
 1. **Request overhead.** Sender Datasettes (``datasette serve`` subprocesses) of three kinds:
    the plugin installed but configured off (an empty ``eventsink`` block), forwarding to a real
@@ -59,16 +61,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def sender(directory: Path, name: str, plugin: dict, internal: Path) -> DatasetteReceiver:
+def sender(
+    directory: Path, name: str, plugin: dict, internal: Path, code: Path | None = None
+) -> DatasetteReceiver:
+    """A sender Datasette with ``plugin`` as its eventsink config; ``code``: a checkout of
+    eventsink to run instead of the installed one (``--before``)."""
     config = directory / f"{name}.json"
     config.write_text(json.dumps({"plugins": {"eventsink": plugin}}))
+    # One hash seed for all: string hashing then lays out dicts alike in every sender, one
+    # source less of the differences between processes running the same code.
+    env = {"PYTHONHASHSEED": "0"}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     return DatasetteReceiver(
         database="s",
         directory=directory / name,
         extra_args=["-c", str(config), "--internal", str(internal)],
-        # One hash seed for all: string hashing then lays out dicts alike in every sender,
-        # one source less of the differences between processes running the same code.
-        env={"PYTHONHASHSEED": "0"},
+        env=env,
     )
 
 
@@ -289,6 +298,12 @@ async def main() -> None:
     )
     parser.add_argument("--no-delivery", action="store_true", help="Skip the delivery rate part.")
     parser.add_argument(
+        "--before",
+        type=Path,
+        help="A checkout of eventsink (e.g. a git worktree of an older commit) whose senders "
+        "run beside the others with the plugin on: the change measured in the same run.",
+    )
+    parser.add_argument(
         "--no-pin",
         action="store_true",
         help="Do not pin the senders to one core and the receiver and clients to the other.",
@@ -303,9 +318,17 @@ async def main() -> None:
         with DatasetteReceiver(directory=directory / "receiver") as receiver:
             plugin_on = {"api_url": f"{receiver.db_url}/-/create", "api_token": receiver.token}
             plugins = {"off": {}, "on": plugin_on, "fsync": {**plugin_on, "durability": "fsync"}}
+            if args.before:
+                plugins["before"] = plugin_on
             senders = {
                 kind: [
-                    sender(directory, f"{kind}{n}", plugin, directory / f"{kind}{n}-internal.db")
+                    sender(
+                        directory,
+                        f"{kind}{n}",
+                        plugin,
+                        directory / f"{kind}{n}-internal.db",
+                        args.before if kind == "before" else None,
+                    )
                     for n in range(1, args.instances + 1)
                 ]
                 for kind, plugin in plugins.items()
@@ -382,6 +405,15 @@ async def main() -> None:
                     f"({cpu[('on', clients)] - cpu[('off', clients)]:+.2f}), fsync "
                     f"{cpu[('fsync', clients)]:.2f} ms"
                 )
+                if args.before:
+                    print(
+                        f"          before ({args.before}): {rate['before']:.0f} req/s, "
+                        f"before÷off {paired(runs['before'], runs['off'], ratio):.3f}, "
+                        f"Δp50 {paired(runs['before'], runs['off'], delta_p50):+.2f}, CPU "
+                        f"{cpu[('before', clients)]:.2f} ms; on÷before "
+                        f"{paired(runs['on'], runs['before'], ratio):.3f}, Δp50 on-before "
+                        f"{paired(runs['on'], runs['before'], delta_p50):+.2f}"
+                    )
             forwarded = count_rows(receiver, "datasette_events")
             print(f"  (forwarded so far: {forwarded} events)")
         if args.no_delivery:
