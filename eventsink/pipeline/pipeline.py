@@ -8,7 +8,8 @@
 
 A :class:`Pipeline` runs on one asyncio event loop: Datasette's own loop for the plugin, or a
 background thread's loop for :class:`eventsink.Client`. ``write`` may be called from any other
-thread; ``write_async`` from the loop itself.
+thread; ``write_async`` from the loop itself, and ``write_on_loop`` from code on the loop that
+must not make a coroutine for an event committed at once (a request's path).
 """
 
 from __future__ import annotations
