@@ -338,8 +338,8 @@ class Pipeline:
         completes once it is committed, and raises as :meth:`write_async` would.
 
         For code on the request path (the Datasette plugin's ``track_event``): an event that
-        finds the outbox idle is committed on the calling task, and no coroutine, future or
-        task is made for it.
+        finds the outbox idle is committed on the calling task, and no coroutine or task is
+        made for it.
         """
         chosen = None if sinks is None else self.choose_sinks(sinks)
         event = self.factory.make(table, data, created=created)
