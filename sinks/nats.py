@@ -176,11 +176,19 @@ class NatsSink(Sink):
         return subject
 
     async def open(self) -> None:
+        await self.close()  # opened before (the lane reopens after an error): one connection
         self._nc = await connect(self.config, name=f"eventsink sink {self.config['stream']}")
-        self._js = self._nc.jetstream()
-        await self._ensure_stream()
-        self._inbox = f"{self._nc.new_inbox()}."
-        await self._nc.subscribe(f"{self._inbox}*.*", cb=self._on_ack)
+        try:
+            self._js = self._nc.jetstream()
+            await self._ensure_stream()
+            self._inbox = f"{self._nc.new_inbox()}."
+            await self._nc.subscribe(f"{self._inbox}*.*", cb=self._on_ack)
+        except BaseException:
+            # Not opened: the lane retries later, and must not leave this connection behind
+            # (with JetStream down, every retry would add one to the server).
+            await self._nc.close()
+            self._nc = None
+            raise
 
     async def _ensure_stream(self) -> None:
         import nats.js.errors

@@ -161,6 +161,11 @@ def classify(error: BaseException, doing: str) -> DeliveryError:
         return RetryableError(f"{doing}: no responders (no JetStream stream takes this subject?)")
     if isinstance(error, asyncio.TimeoutError):
         return RetryableError(f"{doing}: timed out")
+    if isinstance(error, nats.js.errors.ServiceUnavailableError):
+        return RetryableError(
+            f"{doing}: JetStream is not available on the server (is it enabled: "
+            "nats-server -js, or a jetstream block in its config?)"
+        )
     if isinstance(error, nats.js.errors.APIError):
         return RetryableError(f"{doing}: JetStream error {error.code} {error.description}")
     return RetryableError(f"{doing}: {type(error).__name__}: {error}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,10 +50,11 @@ def port_open(port: int) -> bool:
 class NatsServer:
     """A real ``nats-server -js`` on a free loopback port; restartable on the same store."""
 
-    def __init__(self, store: Path, *args: str) -> None:
+    def __init__(self, store: Path, *args: str, jetstream: bool = True) -> None:
         self.port = free_port()
         self.store = store
         self.args = args
+        self.jetstream = jetstream
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,8 +63,10 @@ class NatsServer:
 
     def start(self) -> None:
         assert NATS_SERVER is not None
-        command = [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port)]
-        command += ["-sd", str(self.store), *self.args]
+        command = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.jetstream:
+            command += ["-js", "-sd", str(self.store)]
+        command += self.args
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -199,6 +204,42 @@ class TestNatsSinkConfig:
     def test_registered_as_a_plugin(self) -> None:
         pm = make_plugin_manager()
         assert lookup(sink_classes(pm), "nats", "sink") is NatsSink
+
+
+class TestNatsSinkOpen:
+    """Opening fails while JetStream is unavailable: retryable, actionable, no connection left."""
+
+    async def test_a_server_without_jetstream_says_so_and_keeps_no_connection(
+        self, tmp_path: Path
+    ) -> None:
+        monitor = free_port()
+        plain = NatsServer(tmp_path / "unused", "-m", str(monitor), jetstream=False)
+        plain.start()
+        try:
+            sink = sink_for(plain, timeout=1.0)
+            for _ in range(3):  # the lane reopens before each retried batch
+                with pytest.raises(RetryableError, match="JetStream is not available"):
+                    await sink.open()
+            assert await asyncio.to_thread(server_connections, monitor) == 0
+            await sink.close()
+        finally:
+            plain.stop()
+
+    async def test_opening_again_replaces_the_connection(self, server: NatsServer) -> None:
+        sink = sink_for(server)
+        await sink.open()
+        first = sink._nc
+        await sink.open()
+        assert first.is_closed and not sink._nc.is_closed
+        await sink.send(make_events(3))
+        await sink.close()
+        assert await stream_count(server.url) == 3
+
+
+def server_connections(monitor_port: int) -> int:
+    """The client connections a ``nats-server -m`` reports."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/connz", timeout=5) as reply:
+        return json.load(reply)["num_connections"]
 
 
 class TestNatsSinkDelivery:
