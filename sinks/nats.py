@@ -177,7 +177,7 @@ class NatsSink(Sink):
 
     async def open(self) -> None:
         await self.close()  # opened before (the lane reopens after an error): one connection
-        self._nc = await connect(self.config, name=f"eventsink sink {self.config['stream']}")
+        self._nc = nc = await connect(self.config, name=f"eventsink sink {self.config['stream']}")
         try:
             self._js = self._nc.jetstream()
             await self._ensure_stream()
@@ -186,8 +186,9 @@ class NatsSink(Sink):
         except BaseException:
             # Not opened: the lane retries later, and must not leave this connection behind
             # (with JetStream down, every retry would add one to the server).
-            await self._nc.close()
-            self._nc = None
+            await nc.close()
+            if self._nc is nc:
+                self._nc = None
             raise
 
     async def _ensure_stream(self) -> None:

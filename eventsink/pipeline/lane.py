@@ -148,6 +148,7 @@ class Lane:
         self._flushing = 0
         self._log = LogThrottle(60.0)
         self.opened = False
+        self._opening = asyncio.Lock()
 
     @property
     def label(self) -> str:
@@ -502,7 +503,9 @@ class Lane:
         started = time.perf_counter()
         try:
             if not self.opened:
-                await self.open_sink()
+                async with self._opening:  # batches in flight together open it once
+                    if not self.opened:
+                        await self.open_sink()
             await call_maybe_sync(self.sink.send, batch)
         except Exception as error:
             self.stats.record_send(time.perf_counter() - started, len(batch), error)

@@ -73,6 +73,45 @@ class TestSendLimit:
             assert sink.peak == 2
             assert sorted(event.id for event in sink.delivered) == sorted(ids)
 
+    def test_a_sink_that_could_not_open_is_opened_once_by_concurrent_sends(self):
+        """A sink whose open failed at start is opened again before the next sends; batches
+        in flight together wait for one open instead of each opening a connection."""
+
+        class SlowToOpen(OverlapSink):
+            max_concurrent_sends = 4
+
+            def __init__(self, **config):
+                super().__init__(**config)
+                self.opens = self.opening = self.most_opening = 0
+
+            async def open(self):
+                self.opens += 1
+                self.opening += 1
+                self.most_opening = max(self.most_opening, self.opening)
+                try:
+                    await asyncio.sleep(0.02)
+                    if self.opens == 1:
+                        raise RetryableError("the receiver is not up yet")
+                finally:
+                    self.opening -= 1
+
+        class Plugin:
+            @hookimpl
+            def eventsink_register_sinks(self):
+                return [SlowToOpen]
+
+        pm = make_plugin_manager()
+        pm.register(Plugin())
+        with eventsink.Client(
+            sink="overlap", pm=pm, outbox=":memory:", batch_limit=5, concurrency=4
+        ) as client:
+            ids = [client.write("t", {"n": n}) for n in range(200)]
+            assert client.flush(10)
+            sink = client.pipeline.sinks["overlap"]
+            assert (sink.opens, sink.most_opening) == (2, 1)
+            assert sink.peak > 1  # the sends themselves did overlap
+            assert sorted(event.id for event in sink.delivered) == sorted(ids)
+
     @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
     def test_a_wrong_declaration_is_refused_naming_the_attribute(self, bad):
         """A limit that is not a positive int or None fails at construction."""
