@@ -43,6 +43,25 @@ class OverlapSink(RecordingSink):
             self.now -= 1
 
 
+def deliver_with_concurrency_4(sink_class: type[OverlapSink]) -> tuple[OverlapSink, list[str]]:
+    """Write 200 events through a client whose sink is ``sink_class`` (batches of 5,
+    concurrency 4) and flush; return the sink and the ids written."""
+
+    class Plugin:
+        @hookimpl
+        def eventsink_register_sinks(self):
+            return [sink_class]
+
+    pm = make_plugin_manager()
+    pm.register(Plugin())
+    with eventsink.Client(
+        sink="overlap", pm=pm, outbox=":memory:", batch_limit=5, concurrency=4
+    ) as client:
+        ids = [client.write("t", {"n": n}) for n in range(200)]
+        assert client.flush(10)
+        return client.pipeline.sinks["overlap"], ids
+
+
 class TestSendLimit:
     """The lane never has more sends in flight than the sink accepts, whatever concurrency."""
 
@@ -57,21 +76,9 @@ class TestSendLimit:
         class Two(OverlapSink):
             max_concurrent_sends = 2
 
-        class Plugin:
-            @hookimpl
-            def eventsink_register_sinks(self):
-                return [Two]
-
-        pm = make_plugin_manager()
-        pm.register(Plugin())
-        with eventsink.Client(
-            sink="overlap", pm=pm, outbox=":memory:", batch_limit=5, concurrency=4
-        ) as client:
-            ids = [client.write("t", {"n": n}) for n in range(200)]
-            assert client.flush(10)
-            sink = client.pipeline.sinks["overlap"]
-            assert sink.peak == 2
-            assert sorted(event.id for event in sink.delivered) == sorted(ids)
+        sink, ids = deliver_with_concurrency_4(Two)
+        assert sink.peak == 2
+        assert sorted(event.id for event in sink.delivered) == sorted(ids)
 
     def test_a_sink_that_could_not_open_is_opened_once_by_concurrent_sends(self):
         """A sink whose open failed at start is opened again before the next sends; batches
@@ -95,22 +102,10 @@ class TestSendLimit:
                 finally:
                     self.opening -= 1
 
-        class Plugin:
-            @hookimpl
-            def eventsink_register_sinks(self):
-                return [SlowToOpen]
-
-        pm = make_plugin_manager()
-        pm.register(Plugin())
-        with eventsink.Client(
-            sink="overlap", pm=pm, outbox=":memory:", batch_limit=5, concurrency=4
-        ) as client:
-            ids = [client.write("t", {"n": n}) for n in range(200)]
-            assert client.flush(10)
-            sink = client.pipeline.sinks["overlap"]
-            assert (sink.opens, sink.most_opening) == (2, 1)
-            assert sink.peak > 1  # the sends themselves did overlap
-            assert sorted(event.id for event in sink.delivered) == sorted(ids)
+        sink, ids = deliver_with_concurrency_4(SlowToOpen)
+        assert (sink.opens, sink.most_opening) == (2, 1)
+        assert sink.peak > 1  # the sends themselves did overlap
+        assert sorted(event.id for event in sink.delivered) == sorted(ids)
 
     @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
     def test_a_wrong_declaration_is_refused_naming_the_attribute(self, bad):
